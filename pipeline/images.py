@@ -1,0 +1,101 @@
+"""Decode any input image completely and turn it into a baseline 8-bit RGB JPEG that libjpeg-turbo and nvJPEG
+both decode. DALI cannot skip a bad sample at train time, so every image is decoded here and anything that does not
+decode is reported (never written)."""
+import io
+
+import numpy as np
+from PIL import Image, ImageFile
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a grey half-image
+Image.MAX_IMAGE_PIXELS = None  # we apply our own limit below, after JPEG draft-mode shrinking
+MAX_PIXELS = 120_000_000  # ~ 11000 x 11000 decoded RGB = 360 MB: beyond this we skip rather than risk memory
+STATS_PIXELS = 512  # pixels sampled per image for the dataset's mean/std/PCA
+
+
+class BadImage(Exception):
+    """The input cannot become a sample; the message is the reason recorded in the manifest."""
+
+
+def _to_rgb(img):
+    """Any PIL mode -> 8-bit RGB. Alpha is composited over white; 16-bit and float data are rescaled, not clipped."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        arr = np.asarray(img, dtype=np.float32) / 257.0
+        img = Image.fromarray(arr.clip(0, 255).astype(np.uint8), "L")
+    elif img.mode in ("I", "F"):
+        arr = np.asarray(img, dtype=np.float32)
+        top = 65535.0 if arr.max() > 255 else 255.0
+        img = Image.fromarray((arr * (255.0 / top)).clip(0, 255).astype(np.uint8), "L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def _is_baseline_rgb_jpeg(img):
+    # PIL marks progressive JPEGs with "progressive"/"progression"; 3-channel 8-bit RGB is mode "RGB".
+    return (img.format == "JPEG" and img.mode == "RGB"
+            and not img.info.get("progressive") and not img.info.get("progression"))
+
+
+def resize_shorter(img, size):
+    """Scale so that the shorter side is `size` (up or down), keeping the aspect ratio."""
+    w, h = img.size
+    scale = size / min(w, h)
+    new = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return img if new == img.size else img.resize(new, Image.BILINEAR, reducing_gap=3.0)
+
+
+def center_crop(img, size):
+    w, h = img.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def prepare(data, *, size=256, crop=False, quality=90, sample_seed=0):
+    """Raw file bytes -> (baseline RGB JPEG bytes, (STATS_PIXELS, 3) uint8 pixel sample).
+
+    size > 0 resizes the shorter side to `size` (the paper's 256); size == 0 keeps a baseline RGB JPEG's original
+    bytes and re-encodes only what must be. Raises BadImage with the reason.
+    """
+    if not data:
+        raise BadImage("empty file")
+    try:
+        img = Image.open(io.BytesIO(data))
+        fmt = img.format
+        if size and fmt == "JPEG":
+            img.draft("RGB", (size, size))  # decode at 1/2, 1/4 or 1/8 scale when still >= size: fast, low memory
+        if img.width * img.height > MAX_PIXELS:
+            raise BadImage(f"too large to decode safely ({img.width}x{img.height} px, limit {MAX_PIXELS} px)")
+        keep_original = size == 0 and not crop and _is_baseline_rgb_jpeg(img)
+        img.load()  # the full decode: truncated or corrupt data fails here
+        if getattr(img, "n_frames", 1) > 1:
+            img.seek(0)
+        img.info["format"] = fmt
+        rgb = _to_rgb(img)
+    except BadImage:
+        raise
+    except Image.DecompressionBombError as e:
+        raise BadImage(f"too large to decode safely: {e}") from None
+    except (OSError, SyntaxError, ValueError, Image.UnidentifiedImageError) as e:
+        reason = "not an image (unrecognised format)" if isinstance(e, Image.UnidentifiedImageError) else str(e)
+        raise BadImage(f"cannot decode: {reason}") from None
+    if size:
+        rgb = resize_shorter(rgb, size)
+    if crop:
+        rgb = center_crop(rgb, size if size else min(rgb.size))
+    if keep_original:
+        out = data
+    else:
+        buf = io.BytesIO()
+        rgb.save(buf, "JPEG", quality=quality, optimize=False, progressive=False)
+        out = buf.getvalue()
+    return out, sample_pixels(rgb, sample_seed)
+
+
+def sample_pixels(img, seed):
+    arr = np.asarray(img).reshape(-1, 3)
+    rng = np.random.default_rng(seed)
+    return arr[rng.integers(0, len(arr), STATS_PIXELS)]

@@ -1,0 +1,94 @@
+"""Write one WebDataset shard: a tar of samples plus the DALI index next to it, both atomically.
+
+Members of sample <key> (key = the sample's idx, zero-padded to 9 digits):
+  <key>.jpg    baseline RGB JPEG
+  <key>.cls    class index, ASCII digits (the webdataset convention)
+  <key>.idx    the sample's index within its split, ASCII digits
+  <key>.cls64  class index as one little-endian int64   (DALI reads it with dtypes=INT64: no text parsing)
+  <key>.idx64  the idx as one little-endian int64         (likewise; names webdataset does not auto-decode)
+"""
+import hashlib
+import io
+import os
+import struct
+import tarfile
+from pathlib import Path
+
+MEMBERS = ["jpg", "cls", "idx", "cls64", "idx64"]
+INDEX_VERSION = "v1.2"  # the format DALI's wds2idx writes
+BLOCK = 512
+
+
+class _HashingFile:
+    """A write-only file wrapper that hashes and counts what passes through (one pass over the bytes)."""
+
+    def __init__(self, f):
+        self.f, self.sha, self.size = f, hashlib.sha256(), 0
+
+    def write(self, b):
+        self.f.write(b)
+        self.sha.update(b)
+        self.size += len(b)
+        return len(b)
+
+    def tell(self):
+        return self.size
+
+
+def sample_members(idx, label, jpeg):
+    return [("jpg", jpeg), ("cls", str(label).encode()), ("idx", str(idx).encode()),
+            ("cls64", struct.pack("<q", label)), ("idx64", struct.pack("<q", idx))]
+
+
+class ShardWriter:
+    """Usage: with ShardWriter(tar_path) as w: w.add(idx, label, jpeg) ...; then w.info for the manifest."""
+
+    def __init__(self, tar_path):
+        self.tar_path = Path(tar_path)
+        self.idx_path = self.tar_path.with_suffix(".idx")
+        self.tmp = self.tar_path.with_name(self.tar_path.name + ".tmp")
+        self._raw = open(self.tmp, "wb")
+        self._out = _HashingFile(self._raw)
+        self._tar = tarfile.open(fileobj=self._out, mode="w", format=tarfile.USTAR_FORMAT)
+        self._index_lines = []
+        self.num_samples = 0
+        self.info = None
+
+    def add(self, idx, label, jpeg):
+        key = f"{idx:09d}"
+        parts = []
+        for ext, data in sample_members(idx, label, jpeg):
+            ti = tarfile.TarInfo(f"{key}.{ext}")
+            ti.size, ti.mtime, ti.mode = len(data), 0, 0o644  # mtime 0: same bytes on every rebuild
+            header_at = self._tar.offset
+            self._tar.addfile(ti, io.BytesIO(data))
+            # USTAR with short names: one 512-byte header, data right after (what `tar --block-num` reports + 1).
+            parts.append(f"{ext} {header_at + BLOCK} {len(data)} {ti.name}")
+        self._index_lines.append(" ".join(parts))
+        self.num_samples += 1
+
+    def close(self):
+        self._tar.close()
+        self._raw.flush()
+        os.fsync(self._raw.fileno())
+        self._raw.close()
+        idx_tmp = self.idx_path.with_name(self.idx_path.name + ".tmp")
+        idx_tmp.write_text(f"{INDEX_VERSION} {self.num_samples}\n" + "".join(f"{line}\n" for line in self._index_lines))
+        os.replace(self.tmp, self.tar_path)  # tar first: an idx never points at a tar that is not there
+        os.replace(idx_tmp, self.idx_path)
+        self.info = {"tar": self.tar_path.name, "idx": self.idx_path.name, "num_samples": self.num_samples,
+                     "bytes": self._out.size, "sha256": self._out.sha.hexdigest()}
+        return self.info
+
+    def abort(self):
+        self._raw.close()
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *_):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

@@ -1,0 +1,42 @@
+"""Running RGB statistics of the training split: mean, std and the PCA the paper's lighting augmentation uses.
+
+Pixel values are on the 0..255 scale. We keep sums, not pixels, so the accumulator is tiny and can be saved in an
+unfinished build's state and resumed."""
+import numpy as np
+
+
+class RGBStats:
+    def __init__(self, n=0, total=None, outer=None):
+        self.n = n
+        self.total = np.zeros(3) if total is None else np.asarray(total, dtype=np.float64)
+        self.outer = np.zeros((3, 3)) if outer is None else np.asarray(outer, dtype=np.float64)
+
+    def add(self, pixels):
+        """pixels: (k, 3) uint8 array."""
+        p = np.asarray(pixels, dtype=np.float64)
+        self.n += len(p)
+        self.total += p.sum(0)
+        self.outer += p.T @ p
+
+    def state(self):
+        return {"n": self.n, "total": self.total.tolist(), "outer": self.outer.tolist()}
+
+    @classmethod
+    def from_state(cls, s):
+        return cls(s["n"], s["total"], s["outer"])
+
+    def summary(self):
+        if self.n == 0:
+            raise ValueError("no training pixels were seen: the training split is empty")
+        mean = self.total / self.n
+        cov = self.outer / self.n - np.outer(mean, mean)
+        eigval, eigvec = np.linalg.eigh(cov)
+        order = np.argsort(eigval)[::-1]  # largest principal component first
+        return {
+            "scale": "0-255",
+            "pixels": int(self.n),
+            "mean": mean.tolist(),
+            "std": np.sqrt(np.clip(np.diag(cov), 0, None)).tolist(),
+            "eigval": np.clip(eigval[order], 0, None).tolist(),
+            "eigvec": eigvec[:, order].tolist(),  # columns are eigenvectors
+        }
