@@ -65,12 +65,15 @@ def paper_init_(module):
 
 
 def kaiming_init_(module):
-    """torchvision's recipe: He et al. (2015) fan-out init for convolutions, N(0, 0.01) for the fully connected
-    layers, biases 0. It trains from the first steps, where the paper's init needs many epochs to get going (what the
+    """He et al. (2015) fan-out init for convolutions, N(0, 0.01) for the fully connected layers (torchvision's
+    recipe), biases 0. The fan-out is the whole layer's (both columns), so the split and grouped forms draw from one
+    distribution. It trains from the first steps, where the paper's init needs many epochs to get going (what the
     short CPU demo needs; the paper's init stays the default)."""
-    for m in module.modules():
+    for name, m in module.named_modules():
         if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            halves = 2 if name.startswith("columns.") else 1
+            fan_out = halves * m.weight.shape[0] * m.weight[0, 0].numel()
+            nn.init.normal_(m.weight, 0.0, (2.0 / fan_out) ** 0.5)
         if isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, 0.0, 0.01)
         if isinstance(m, (nn.Conv2d, nn.Linear)):

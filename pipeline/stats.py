@@ -36,7 +36,8 @@ class RGBStats:
             "scale": "0-255",
             "pixels": int(self.n),
             "mean": mean.tolist(),
-            "std": np.sqrt(np.clip(np.diag(cov), 0, None)).tolist(),
+            # at least one grey level: a constant channel must not make normalisation divide by zero
+            "std": np.sqrt(np.clip(np.diag(cov), 1.0, None)).tolist(),
             "eigval": np.clip(eigval[order], 0, None).tolist(),
             "eigvec": eigvec[:, order].tolist(),  # columns are eigenvectors
         }

@@ -1,0 +1,214 @@
+"""The DALI loader on CPU: exactly-once sharding, labels stay with pixels, augmentation geometry, lighting,
+determinism, and clear errors for broken shards. The GPU test compares mixed decode with CPU decode."""
+import collections
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import build
+from pipeline import manifest as mf
+from pipeline.loader import make_loader
+
+COLOURS = [(220, 30, 30), (30, 200, 40), (40, 60, 220), (230, 220, 40), (200, 40, 200)]
+
+
+def colour_tree(root, n, size=(80, 64)):
+    """n solid images; class k is colour k (the class is visible in every pixel, after any crop or flip)."""
+    for i in range(n):
+        k = i % len(COLOURS)
+        d = root / "train" / f"c{k}"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", size, COLOURS[k]).save(d / f"{i:05d}.JPEG", quality=95)
+    return root
+
+
+@pytest.fixture(scope="module")
+def colour_shards(tmp_path_factory):
+    """1003 samples (odd on purpose) of 5 colour classes, shorter side 64, 100 samples per shard."""
+    tmp = tmp_path_factory.mktemp("colour")
+    out = tmp / "shards"
+    assert build(out, "--src", colour_tree(tmp / "src", 1003), "--size", 64, "--shard-size", 100, "-j", 2) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def gradient_shards(tmp_path_factory):
+    """Images whose red channel is the x coordinate and green the y coordinate: crops and flips are measurable."""
+    tmp = tmp_path_factory.mktemp("gradient")
+    x = np.linspace(0, 255, 256)
+    arr = np.stack([np.tile(x, (256, 1)), np.tile(x[:, None], (1, 256)), np.full((256, 256), 128.0)], -1)
+    for i in range(64):
+        d = tmp / "src" / "train" / "g"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(arr.astype(np.uint8)).save(d / f"{i}.png")
+    out = tmp / "shards"
+    assert build(out, "--src", tmp / "src", "--size", 256, "--quality", 98) == 0
+    return out
+
+
+def unnormalise(images, data_dir):
+    st = mf.load(data_dir)["stats"]
+    return images * torch.tensor(st["std"]).view(1, 3, 1, 1) + torch.tensor(st["mean"]).view(1, 3, 1, 1)
+
+
+def nearest_colour(images, data_dir):
+    rgb = unnormalise(images, data_dir).mean(dim=(2, 3))
+    return torch.cdist(rgb, torch.tensor(COLOURS, dtype=torch.float32)).argmin(1)
+
+
+def test_eval_shards_cover_every_sample_exactly_once(colour_shards):
+    seen = collections.Counter()
+    lengths = []
+    for shard in range(4):
+        loader = make_loader(colour_shards, "train", 32, shard_id=shard, num_shards=4, train=False, crop=56)
+        batches = list(loader)
+        lengths.append((len(loader), len(batches)))
+        for images, labels, indices in batches:
+            assert images.shape[1:] == (3, 56, 56) and images.dtype == torch.float32
+            assert labels.dtype == torch.int64 and indices.dtype == torch.int64
+            seen.update(indices.tolist())
+    assert sorted(seen) == list(range(1003)) and set(seen.values()) == {1}
+    assert all(a == b for a, b in lengths)
+
+
+def test_labels_stay_with_their_pixels(colour_shards):
+    for train in (True, False):
+        loader = make_loader(colour_shards, "train", 50, shard_id=1, num_shards=3, train=train, crop=56)
+        for images, labels, _ in loader:
+            assert torch.equal(nearest_colour(images, colour_shards), labels)
+
+
+def test_training_epochs_are_equal_length_on_every_shard_and_reshuffled(colour_shards):
+    loaders = [make_loader(colour_shards, "train", 32, shard_id=s, num_shards=4, crop=56, seed=3) for s in range(4)]
+    assert {len(ld) for ld in loaders} == {(1003 // 4) // 32}
+    ld = loaders[0]
+    ld.set_epoch(0)
+    first = torch.cat([i for _, _, i in ld])
+    assert len(first) == len(ld) * 32 and len(set(first.tolist())) == len(first)
+    again = torch.cat([i for _, _, i in ld])  # same epoch again: same order (a resumed run repeats it exactly)
+    ld.set_epoch(1)
+    second = torch.cat([i for _, _, i in ld])
+    assert torch.equal(first, again) and not torch.equal(first, second)
+    other = make_loader(colour_shards, "train", 32, shard_id=0, num_shards=4, crop=56, seed=4)
+    assert not torch.equal(first, torch.cat([i for _, _, i in other]))
+
+
+def test_crop_and_flip_ranges(gradient_shards):
+    loader = make_loader(gradient_shards, "train", 64, crop=224, lighting=0.0)
+    images, _, _ = next(iter(loader))
+    rgb = unnormalise(images, gradient_shards)
+    red_row = rgb[:, 0, 112, :]  # red = x coordinate (0..255 across the 256 px source)
+    flipped = red_row[:, 0] > red_row[:, -1]
+    assert 10 < flipped.sum() < 54  # p = 0.5 over 64 images
+    left = torch.where(flipped, red_row[:, -1], red_row[:, 0])  # the source x where the crop starts
+    assert left.min() >= -3 and left.max() <= 32 + 3  # x offset in [0, 256 - 224]
+    assert left.max() - left.min() > 10  # and it does vary
+    green_top = rgb[:, 1, 0, 112]
+    assert green_top.min() >= -3 and green_top.max() <= 35 and green_top.max() - green_top.min() > 10
+
+
+def test_eval_center_crop_and_ten_crop_geometry(gradient_shards):
+    centre, _, _ = next(iter(make_loader(gradient_shards, "train", 4, train=False, crop=224)))
+    ten, _, _ = next(iter(make_loader(gradient_shards, "train", 4, train=False, crop=224, ten_crop=True)))
+    assert ten.shape == (4, 10, 3, 224, 224)
+    assert torch.allclose(ten[:, 8], centre)  # patch 8 = centre, unflipped
+    for k in range(0, 10, 2):
+        assert torch.allclose(ten[:, k + 1], ten[:, k].flip(-1))  # each patch is followed by its mirror
+    red = unnormalise(ten[:, 0], gradient_shards)[:, 0, 112, 0]  # top-left patch starts at x = 0
+    assert red.abs().max() < 4
+    red = unnormalise(ten[:, 2], gradient_shards)[:, 0, 112, -1]  # top-right patch ends at x = 255
+    assert (red - 255).abs().max() < 4
+
+
+def test_lighting_noise_has_the_paper_statistics(colour_shards):
+    st = mf.load(colour_shards)["stats"]
+    vec, val = np.array(st["eigvec"]), np.array(st["eigval"])
+    expected = np.sqrt(((vec * (val / 255.0)) ** 2).sum(1) * 0.1**2)  # per-channel sd of d, 0-255 scale
+    loader = make_loader(colour_shards, "train", 200, crop=56, lighting=0.1)
+    images, labels, _ = next(iter(loader))
+    means = unnormalise(images, colour_shards).mean(dim=(2, 3)).numpy()
+    spread = [means[labels.numpy() == k] - means[labels.numpy() == k].mean(0) for k in range(5)]
+    measured = np.concatenate(spread).std(0)
+    assert np.allclose(measured, expected, rtol=0.3), (measured, expected)
+    plain, plain_labels, _ = next(iter(make_loader(colour_shards, "train", 200, crop=56, lighting=0.0)))
+    flat = unnormalise(plain, colour_shards).mean(dim=(2, 3)).numpy()
+    assert max(flat[plain_labels.numpy() == k].std(0).max() for k in range(5)) < 0.2 * expected.min()
+
+
+def test_bf16_and_fp16_outputs(colour_shards):
+    for dtype, torch_dtype in (("float16", torch.float16), ("bfloat16", torch.bfloat16)):
+        images, _, _ = next(iter(make_loader(colour_shards, "train", 8, train=False, crop=56, dtype=dtype)))
+        assert images.dtype == torch_dtype
+
+
+def test_small_images_are_scaled_up(tmp_path):
+    src = colour_tree(tmp_path / "src", 10, size=(40, 30))
+    assert build(tmp_path / "s", "--src", src, "--size", 0) == 0  # originals kept: smaller than the crop
+    images, _, _ = next(iter(make_loader(tmp_path / "s", "train", 5, crop=224)))
+    assert images.shape == (5, 3, 224, 224)
+    assert torch.equal(nearest_colour(images, tmp_path / "s")[:1], nearest_colour(images, tmp_path / "s")[:1])
+
+
+@pytest.fixture
+def small_copy(demo_shards, tmp_path):
+    import shutil
+    dst = tmp_path / "shards"
+    shutil.copytree(demo_shards, dst)
+    return dst
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("missing_tar", "missing"),
+    ("missing_idx", "missing"),
+    ("truncated_tar", "bytes, the manifest says"),
+    ("unknown_format", "manifest version"),
+    ("no_manifest", "not found"),
+])
+def test_broken_shards_give_clear_errors(small_copy, damage, message):
+    tar = small_copy / "val" / "val-000000.tar"
+    if damage == "missing_tar":
+        tar.unlink()
+    elif damage == "missing_idx":
+        tar.with_suffix(".idx").unlink()
+    elif damage == "truncated_tar":
+        tar.write_bytes(tar.read_bytes()[:10000])
+    elif damage == "unknown_format":
+        m = json.loads((small_copy / "manifest.json").read_text())
+        m["version"] = 99
+        (small_copy / "manifest.json").write_text(json.dumps(m))
+    elif damage == "no_manifest":
+        (small_copy / "manifest.json").unlink()
+    with pytest.raises(mf.ManifestError, match=message) as e:
+        make_loader(small_copy, "val", 8, train=False)
+    if damage in ("missing_tar", "truncated_tar"):
+        assert str(tar) in str(e.value)
+
+
+def test_corrupt_bytes_are_caught_with_verify(small_copy):
+    tar = small_copy / "val" / "val-000000.tar"
+    data = bytearray(tar.read_bytes())
+    data[3000] ^= 0xFF
+    tar.write_bytes(bytes(data))
+    make_loader(small_copy, "val", 8, train=False)  # same size: the cheap check passes
+    with pytest.raises(mf.ManifestError, match="sha256"):
+        make_loader(small_copy, "val", 8, train=False, verify=True)
+
+
+def test_bad_arguments(demo_shards):
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        make_loader(demo_shards, "train", 100, num_shards=4)
+    with pytest.raises(ValueError, match="shard_id"):
+        make_loader(demo_shards, "train", 4, shard_id=4, num_shards=4)
+    with pytest.raises(mf.ManifestError, match="no shards for split 'test'"):
+        make_loader(demo_shards, "test", 4)
+
+
+@pytest.mark.gpu
+def test_mixed_decode_matches_cpu_decode(demo_shards):
+    cpu, labels_cpu, idx_cpu = next(iter(make_loader(demo_shards, "val", 16, train=False)))
+    gpu, labels_gpu, idx_gpu = next(iter(make_loader(demo_shards, "val", 16, train=False, device="cuda")))
+    assert gpu.is_cuda and torch.equal(idx_cpu, idx_gpu.cpu()) and torch.equal(labels_cpu, labels_gpu.cpu())
+    assert (gpu.cpu() - cpu).abs().mean() < 0.05  # normalised units; nvJPEG and libjpeg-turbo differ by rounding

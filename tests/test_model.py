@@ -1,0 +1,170 @@
+"""The paper's AlexNet: shapes, parameter count, split == grouped, column isolation, init, switches, placement."""
+import pytest
+import torch
+from torch import nn
+
+from model import AlexNet, GroupedAlexNet
+
+PAPER_SHAPES = {"conv1": (96, 55, 55), "pool1": (96, 27, 27), "conv2": (256, 27, 27), "pool2": (256, 13, 13),
+                "conv3": (384, 13, 13), "conv4": (384, 13, 13), "conv5": (256, 13, 13), "pool5": (256, 6, 6),
+                "fc6": (4096,), "fc7": (4096,), "fc8": (1000,)}
+
+
+def grouped_shapes(model, x):
+    shapes = {}
+    for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"):
+        getattr(model, name).register_forward_hook(lambda m, i, o, n=name: shapes.__setitem__(n, tuple(o.shape[1:])))
+    pools = []
+    model.pool.register_forward_hook(lambda m, i, o: pools.append(tuple(o.shape[1:])))
+    model(x)
+    shapes.update(zip(("pool1", "pool2", "pool5"), pools))
+    return shapes
+
+
+def pair(seed=0, **kw):
+    torch.manual_seed(seed)
+    split = AlexNet(**kw)
+    grouped = GroupedAlexNet(**kw)
+    grouped.load_state_dict(split.state_dict())
+    return split, grouped
+
+
+def test_parameter_count_and_every_shape():
+    for net in (AlexNet(), GroupedAlexNet()):
+        assert sum(p.numel() for p in net.parameters()) == 60_965_224
+    assert grouped_shapes(GroupedAlexNet().eval(), torch.randn(1, 3, 224, 224)) == PAPER_SHAPES
+
+
+def test_state_dicts_have_one_layout():
+    split, grouped = AlexNet(num_classes=10), GroupedAlexNet(num_classes=10)
+    a, b = split.state_dict(), grouped.state_dict()
+    assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}
+    assert a["conv1.weight"].shape == (96, 3, 11, 11) and a["conv4.weight"].shape == (384, 192, 3, 3)
+    split2 = AlexNet(num_classes=10)
+    split2.load_state_dict(grouped.state_dict())
+    assert all(torch.equal(v, grouped.state_dict()[k]) for k, v in split2.state_dict().items())
+
+
+@pytest.mark.parametrize("kw", [{}, {"activation": "tanh", "lrn": False, "overlapping_pool": False}])
+def test_split_equals_grouped_forward_and_gradients(kw):
+    split, grouped = pair(num_classes=20, dropout=0.0, **kw)
+    split.place("cpu", "cpu")
+    x = torch.randn(3, 3, 224, 224)
+    ys, yg = split(x), grouped(x)
+    assert torch.allclose(ys, yg, rtol=1e-5, atol=1e-6)
+    ys.square().sum().backward()
+    yg.square().sum().backward()
+    gs = {k: v.grad for k, v in split.named_parameters()}
+    for layer in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"):
+        for p in ("weight", "bias"):
+            merged = torch.cat([gs[f"columns.0.{layer}.{p}"], gs[f"columns.1.{layer}.{p}"]])
+            ref = dict(grouped.named_parameters())[f"{layer}.{p}"].grad
+            assert torch.allclose(merged, ref, rtol=1e-4, atol=1e-7 + 1e-5 * ref.abs().max()), layer
+    assert torch.allclose(gs["fc8.weight"], grouped.fc8.weight.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_columns_talk_only_at_conv3_and_the_fc_layers():
+    torch.manual_seed(0)
+    net = AlexNet(num_classes=10, dropout=0.0).eval()
+    x = torch.randn(2, 3, 224, 224)
+    outputs = {}
+
+    def record(name):
+        return lambda m, i, o: outputs.__setitem__(name, o.detach().clone())
+
+    for c in (0, 1):
+        for layer in ("conv2", "conv3", "conv4", "conv5"):
+            getattr(net.columns[c], layer).register_forward_hook(record(f"{c}.{layer}"))
+    net(x)
+    clean = dict(outputs)
+    net.columns[0].conv2.register_forward_pre_hook(lambda m, i: (i[0] + torch.randn_like(i[0]),))
+    net(x)
+    for layer in ("conv2", "conv4", "conv5"):
+        assert torch.equal(outputs[f"1.{layer}"], clean[f"1.{layer}"]) or layer != "conv2"
+    assert torch.equal(outputs["1.conv2"], clean["1.conv2"])  # column 1's conv2 never sees column 0
+    assert not torch.equal(outputs["0.conv2"], clean["0.conv2"])
+    assert not torch.equal(outputs["1.conv3"], clean["1.conv3"])  # conv3 reads both columns
+    # and the other way round: perturbing column 1 after conv3 leaves column 0's conv4 and conv5 alone
+    net2 = AlexNet(num_classes=10, dropout=0.0).eval()
+    net2.load_state_dict(net.state_dict())
+    for layer in ("conv4", "conv5"):
+        getattr(net2.columns[0], layer).register_forward_hook(record(f"n0.{layer}"))
+    net2(x)
+    before = {k: v for k, v in outputs.items() if k.startswith("n0")}
+    net2.columns[1].conv4.register_forward_pre_hook(lambda m, i: (i[0] * 3,))
+    net2(x)
+    assert all(torch.equal(outputs[k], before[k]) for k in before)
+
+
+def test_paper_initialisation():
+    net = GroupedAlexNet()
+    for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"):
+        layer = getattr(net, name)
+        assert abs(layer.weight.mean().item()) < 1e-3 and abs(layer.weight.std().item() - 0.01) < 1e-3, name
+        expected = 1.0 if name in ("conv2", "conv4", "conv5", "fc6", "fc7") else 0.0
+        assert torch.all(layer.bias == expected), name
+    k = GroupedAlexNet(init="kaiming")
+    assert torch.all(k.conv2.bias == 0)
+    he = (2 / (96 * 11 * 11)) ** 0.5  # fan-out of the whole layer, in both forms
+    assert k.conv1.weight.std().item() == pytest.approx(he, rel=0.05)
+    assert AlexNet(init="kaiming").columns[1].conv1.weight.std().item() == pytest.approx(he, rel=0.05)
+    with pytest.raises(ValueError, match="init"):
+        GroupedAlexNet(init="xavier")
+
+
+def test_each_switch_changes_only_its_part():
+    base = GroupedAlexNet()
+    kinds = lambda net: [type(m).__name__ for m in net.modules()]  # noqa: E731
+    assert "Tanh" in kinds(GroupedAlexNet(activation="tanh")) and "ReLU" not in kinds(GroupedAlexNet(activation="tanh"))
+    assert isinstance(GroupedAlexNet(lrn=False).lrn, nn.Identity) and isinstance(base.lrn, nn.LocalResponseNorm)
+    assert base.lrn.alpha == pytest.approx(1e-4 * 5) and base.lrn.k == 2 and base.lrn.beta == 0.75
+    assert (base.pool.kernel_size, base.pool.stride) == (3, 2)
+    no_overlap = GroupedAlexNet(overlapping_pool=False)
+    assert (no_overlap.pool.kernel_size, no_overlap.pool.stride) == (2, 2)
+    assert grouped_shapes(no_overlap.eval(), torch.randn(1, 3, 224, 224)) == PAPER_SHAPES
+    for kw in ({"activation": "tanh"}, {"lrn": False}, {"overlapping_pool": False}, {"dropout": 0.0}):
+        other = GroupedAlexNet(**kw)
+        assert {k: v.shape for k, v in other.state_dict().items()} == {k: v.shape for k, v in base.state_dict().items()}
+    x = torch.randn(2, 3, 224, 224)
+    nodrop = GroupedAlexNet(num_classes=10, dropout=0.0).train()
+    assert torch.equal(nodrop(x), nodrop(x))
+    drop = GroupedAlexNet(num_classes=10).train()
+    assert not torch.equal(drop(x), drop(x))
+
+
+def test_smaller_crops_run():
+    assert GroupedAlexNet(num_classes=10)(torch.randn(2, 3, 112, 112)).shape == (2, 10)
+
+
+def test_channels_last_matches():
+    split, grouped = pair(num_classes=10, dropout=0.0)
+    x = torch.randn(2, 3, 224, 224)
+    ref = grouped(x)
+    out = grouped.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last))
+    assert torch.allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_ddp_wraps_the_split_model_on_cpu(tmp_path):
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        net = AlexNet(num_classes=10).place("cpu", "cpu")
+        ddp = nn.parallel.DistributedDataParallel(net, device_ids=None)
+        ddp(torch.randn(2, 3, 112, 112)).sum().backward()
+        assert net.columns[1].conv1.weight.grad is not None
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.gpu
+def test_columns_on_cuda_and_cpu_match_grouped():
+    split, grouped = pair(num_classes=10, dropout=0.0)
+    x = torch.randn(2, 3, 224, 224)
+    ref = grouped(x)
+    split.place("cuda:0", "cpu", output_device="cuda:0")
+    assert split.columns[0].conv1.weight.is_cuda and not split.columns[1].conv1.weight.is_cuda
+    out = split(x.cuda())
+    assert out.is_cuda and torch.allclose(out.cpu(), ref, rtol=1e-3, atol=1e-4)
+    if torch.cuda.device_count() >= 2:
+        split.place("cuda:0", "cuda:1")
+        assert torch.allclose(split(x.cuda()).cpu(), ref, rtol=1e-3, atol=1e-4)
