@@ -1,0 +1,1 @@
+"""Benchmarks: each script measures and prints what it measured; docs/BENCHMARKS.md records the numbers."""

@@ -1,0 +1,218 @@
+"""GPU validation in one run: loader speed, split-model speed, real training steps, and GPU-vs-CPU correctness.
+
+    python bench/gpu_check.py --out results/            # on a GPU node (about 3-5 minutes on one H100)
+    python bench/gpu_check.py --smoke --out /tmp/smoke  # every step on CPU at tiny sizes (what the tests run)
+
+Writes gpu_check.json and gpu_check.md to --out and prints the table. Needs only the project's own dependencies
+(no Ray): see docs/GPU.md for installing them on a node without internet. Each step is independent: a step that
+fails is recorded with its error and the others still run.
+"""
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+sys.path[0] = str(Path(__file__).resolve().parents[1])  # the repo root, not bench/ (bench/model.py != model)
+
+import torch  # noqa: E402
+
+from bench.timing import fwd_bwd_images_per_second, loader_images_per_second, sync  # noqa: E402
+from model import AlexNet, GroupedAlexNet  # noqa: E402
+
+FULL = dict(train_per_class=1000, val_per_class=50, loader_batch=256, model_batch=128, crop=224, iters=20,
+            cpu_column_iters=3, train_steps=60)
+SMOKE = dict(train_per_class=4, val_per_class=2, loader_batch=8, model_batch=4, crop=64, iters=2,
+             cpu_column_iters=1, train_steps=3)
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("gpu_check"), help="folder for the JSON and markdown (default: gpu_check)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="shards to use (default: build demo shards at ImageNet-like sizes in --out/shards)")
+    p.add_argument("--smoke", action="store_true", help="every step on CPU at tiny sizes (default: off)")
+    p.add_argument("-j", "--workers", type=int, default=os.cpu_count(),
+                   help=f"processes for building shards and DALI threads (default: {os.cpu_count()})")
+    return p
+
+
+def environment():
+    env = {"python": platform.python_version(), "torch": torch.__version__, "cuda_available": torch.cuda.is_available(),
+           "cpus": os.cpu_count()}
+    try:
+        import nvidia.dali
+        env["dali"] = nvidia.dali.__version__
+    except ImportError as e:
+        env["dali"] = f"not importable: {e}"
+    if torch.cuda.is_available():
+        env.update(device=torch.cuda.get_device_name(0), gpus=torch.cuda.device_count(), torch_cuda=torch.version.cuda,
+                   cudnn=torch.backends.cudnn.version())
+        try:
+            env["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                           capture_output=True, text=True, timeout=20).stdout.strip().split("\n")[0]
+        except (OSError, subprocess.SubprocessError) as e:
+            env["driver"] = f"unknown ({e})"
+    else:
+        env["device"] = platform.processor() or "CPU"
+    return env
+
+
+def step_shards(args, size):
+    from pipeline import build_shards
+    out = args.data or args.out / "shards"
+    if args.data is None:
+        code = build_shards.main(["--out", str(out), "-j", str(args.workers), "--shard-size", "500",
+                                  "--demo-train-per-class", str(size["train_per_class"] // 10 if not args.smoke else size["train_per_class"]),
+                                  "--demo-val-per-class", str(size["val_per_class"])])
+        if code != 0:
+            raise RuntimeError(f"build_shards exited {code}")
+    from pipeline import manifest
+    m = manifest.load(out)
+    return {"data": str(out), "train_samples": m["splits"]["train"]["num_samples"],
+            "val_samples": m["splits"]["val"]["num_samples"]}
+
+
+def step_loader(args, size, data, gpu):
+    from pipeline.loader import make_loader
+    kw = dict(crop=size["crop"], num_threads=args.workers)
+    result = {}
+    cpu = make_loader(data, "train", size["loader_batch"], device="cpu", **kw)
+    result["cpu_train_img_s"] = loader_images_per_second(cpu, epochs=2)
+    if gpu:
+        mixed = make_loader(data, "train", size["loader_batch"], device="cuda", device_id=0, **kw)
+        result["gpu_train_img_s"] = loader_images_per_second(mixed, epochs=3)
+        result["gpu_over_cpu"] = result["gpu_train_img_s"] / result["cpu_train_img_s"]
+    return result
+
+
+def step_model(args, size, gpu):
+    dev = "cuda:0" if gpu else "cpu"
+    kw = dict(amp=gpu, channels_last=gpu, iters=size["iters"])
+    b, crop = size["model_batch"], size["crop"]
+    grouped = GroupedAlexNet().to(dev).to(memory_format=torch.channels_last)
+    result = {"single_device_img_s": fwd_bwd_images_per_second(grouped, b, crop, dev, **kw)}
+    del grouped
+    split = AlexNet().place(dev, dev).to(memory_format=torch.channels_last)
+    result["split_same_device_img_s"] = fwd_bwd_images_per_second(split, b, crop, dev, **kw)
+    result["split_overhead"] = result["single_device_img_s"] / result["split_same_device_img_s"] - 1
+    if gpu:
+        split.place("cuda:0", "cpu", output_device="cuda:0")  # real cross-device copies with one GPU
+        result["split_cuda0_cpu_img_s"] = fwd_bwd_images_per_second(
+            split, b, crop, dev, amp=True, channels_last=True, iters=size["cpu_column_iters"], warmup=1)
+        if torch.cuda.device_count() >= 2:
+            split.place("cuda:0", "cuda:1")
+            result["split_two_gpus_img_s"] = fwd_bwd_images_per_second(split, b, crop, dev, **kw)
+    return result
+
+
+def step_training(args, size, data, gpu):
+    """Real training steps of one replica fed by the loader: SGD, bf16 + channels_last on GPU."""
+    from pipeline.loader import make_loader
+    dev = torch.device("cuda:0" if gpu else "cpu")
+    loader = make_loader(data, "train", size["model_batch"], device="cuda" if gpu else "cpu",
+                         device_id=0 if gpu else None, crop=size["crop"], num_threads=args.workers)
+    model = AlexNet(init="kaiming").place(dev, dev).to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    steps, seen, start, losses, epoch = 0, 0, None, [], 0
+    while steps < size["train_steps"]:
+        loader.set_epoch(epoch)
+        for images, labels, _ in loader:
+            images = images.to(dev).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=gpu):
+                loss = torch.nn.functional.cross_entropy(model(images), labels.to(dev))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            steps += 1
+            if steps == 3:  # from here on: warm
+                sync(dev)
+                start, seen = time.perf_counter(), 0
+            elif steps > 3:
+                seen += len(labels)
+            losses.append(loss.item())
+            if steps >= size["train_steps"]:
+                break
+        epoch += 1
+    sync(dev)
+    return {"train_img_s": seen / (time.perf_counter() - start) if start else None, "steps": steps,
+            "first_loss": losses[0], "last_loss": losses[-1]}
+
+
+def step_correctness(args, size, data, gpu):
+    from pipeline.loader import make_loader
+    result = {}
+    kw = dict(train=False, crop=size["crop"], num_threads=args.workers)
+    cpu, _, idx_cpu = next(iter(make_loader(data, "val", 32, device="cpu", **kw)))
+    if gpu:
+        mixed, _, idx_gpu = next(iter(make_loader(data, "val", 32, device="cuda", device_id=0, **kw)))
+        assert torch.equal(idx_cpu, idx_gpu.cpu()), "GPU and CPU loaders returned different samples"
+        diff = (mixed.float().cpu() - cpu).abs()
+        result.update(decode_mean_abs_diff=diff.mean().item(), decode_max_abs_diff=diff.max().item())
+    dev = "cuda:0" if gpu else "cpu"
+    torch.manual_seed(0)
+    split = AlexNet(dropout=0.0).eval()
+    grouped = GroupedAlexNet(dropout=0.0).eval()
+    grouped.load_state_dict(split.state_dict())
+    split.place(dev, dev)
+    grouped.to(dev)
+    x = torch.randn(8, 3, 224, 224, device=dev)
+    with torch.no_grad():
+        a, b = split(x), grouped(x)
+    result["split_vs_single_max_rel_diff"] = ((a - b).abs().max() / b.abs().max()).item()
+    return result
+
+
+def markdown(report):
+    env = report["environment"]
+    lines = [f"GPU check on **{env.get('device')}** (driver {env.get('driver', '-')}, torch {env['torch']}, "
+             f"DALI {env['dali']}, {env['cpus']} CPUs){' — SMOKE RUN (CPU, tiny sizes)' if report['smoke'] else ''}",
+             "", "| step | measurement | value |", "| --- | --- | --- |"]
+    for step, values in report["steps"].items():
+        for k, v in values.items():
+            lines.append(f"| {step} | {k} | {v:.4g} |" if isinstance(v, float) else f"| {step} | {k} | {v} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    gpu = torch.cuda.is_available() and not args.smoke
+    if not gpu and not args.smoke:
+        print("no CUDA device found: running the smoke version (use --smoke to ask for it)")
+        args.smoke = True
+    size = SMOKE if args.smoke else FULL
+    report = {"smoke": args.smoke, "environment": environment(), "steps": {}, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    data = None
+
+    def run_step(name, fn, *a):
+        t = time.time()
+        try:
+            report["steps"][name] = fn(*a)
+        except Exception as e:  # recorded, and the remaining steps still run
+            report["steps"][name] = {"error": f"{type(e).__name__}: {e}"}
+            traceback.print_exc()
+        report["steps"][name]["seconds"] = round(time.time() - t, 1)
+        print(f"[{name}] {report['steps'][name]}", flush=True)
+        (args.out / "gpu_check.json").write_text(json.dumps(report, indent=1))  # partial results survive a kill
+
+    run_step("shards", step_shards, args, size)
+    data = report["steps"]["shards"].get("data")
+    if data:
+        run_step("loader", step_loader, args, size, data, gpu)
+    run_step("model", step_model, args, size, gpu)
+    if data:
+        run_step("training", step_training, args, size, data, gpu)
+        run_step("correctness", step_correctness, args, size, data, gpu)
+    table = markdown(report)
+    (args.out / "gpu_check.md").write_text(table)
+    print(table)
+    return 1 if any("error" in s for s in report["steps"].values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

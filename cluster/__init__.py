@@ -1,0 +1,1 @@
+"""Ray Train launch and the per-worker training loop."""

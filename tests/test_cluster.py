@@ -1,0 +1,126 @@
+"""Training on Ray, on CPU: end to end, resume, a worker failure, gradient sync, and clear errors for bad flags.
+Each test starts a small local Ray cluster, so these are the slowest tests of the suite (about a minute each)."""
+import json
+
+import pytest
+import torch
+
+from cluster import launch
+
+TINY = ["--workers", "2", "-b", "8", "--crop", "64", "--print-freq", "5", "--cpus-per-worker", "0.5"]
+
+
+def run(tmp_path, data, *extra):
+    return launch.main(["--data", str(data), "--output-dir", str(tmp_path / "runs"), *TINY, *map(str, extra)])
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def finished_run(demo_shards, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    assert run(tmp, demo_shards, "--epochs", 2, "--name", "e2e") == 0
+    return tmp, tmp / "runs" / "e2e"
+
+
+def test_end_to_end_outputs(finished_run):
+    _, run_dir = finished_run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for key in ("val_top1_error", "val_top5_error", "val_top1_error_10crop", "epochs", "images_per_second",
+                "workers", "devices"):
+        assert summary[key] is not None, key
+    assert summary["epochs"] == 2 and summary["workers"] == 2 and summary["devices"] == "CPU"
+    assert 0 <= summary["val_top1_error"] <= 1 and summary["images_per_second"] > 0
+    assert [m["epoch"] for m in metrics(run_dir)] == [1, 2]
+    assert all(m["val_images"] == 50 for m in metrics(run_dir))  # every val image once, over both workers
+    assert (run_dir / "learning_curves.png").stat().st_size > 1000
+    assert (run_dir / "conv1_kernels.png").stat().st_size > 1000
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    ckpts = sorted(run_dir.glob("checkpoint_*/checkpoint.pt"))
+    assert ckpts
+    state = torch.load(ckpts[-1], map_location="cpu", weights_only=True)
+    assert state["epoch"] == 1 and state["model"]["conv1.weight"].shape == (96, 3, 11, 11)
+    assert {"optimizer", "scheduler", "config", "loader"} <= set(state)
+
+
+def test_resume_continues_at_the_next_epoch(finished_run):
+    tmp, run_dir = finished_run
+    before = metrics(run_dir)
+    assert launch.main(["--output-dir", str(tmp / "runs"), "--name", "e2e", "--resume", "--epochs", "3"]) == 0
+    after = metrics(run_dir)
+    assert [m["epoch"] for m in after] == [1, 2, 3] and after[:2] == before
+
+
+def test_a_failing_worker_is_replaced_and_no_epoch_counts_twice(demo_shards, tmp_path):
+    assert run(tmp_path, demo_shards, "--epochs", 2, "--name", "f", "--max-failures", 1, "--inject-failure", "1:1") == 0
+    run_dir = tmp_path / "runs" / "f"
+    assert (run_dir / "injected_failure.txt").is_file()  # it did fail once
+    assert [m["epoch"] for m in metrics(run_dir)] == [1, 2]
+    assert json.loads((run_dir / "summary.json").read_text())["epochs"] == 2
+
+
+def _grad_digest_loop(cfg):
+    """Inside a Ray worker: one DDP step on rank-specific data, then every rank's gradients, gathered."""
+    import ray.train
+    import torch.distributed as dist
+
+    from cluster.train import build_replica, replica_devices
+
+    torch.manual_seed(0)  # same initial weights on every rank
+    model, ddp = build_replica(cfg, replica_devices(False))
+    rank = ray.train.get_context().get_world_rank()
+    torch.manual_seed(100 + rank)  # different data on every rank
+    x, y = torch.randn(4, 3, 64, 64), torch.randint(0, cfg["num_classes"], (4,))
+    torch.nn.functional.cross_entropy(ddp(x), y).backward()
+    flat = torch.cat([p.grad.flatten() for p in model.parameters()])
+    gathered = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, flat)
+    ray.train.report({"max_diff": max((g - gathered[0]).abs().max().item() for g in gathered),
+                      "norm": flat.norm().item()})
+
+
+def test_gradients_are_identical_across_replicas(tmp_path):
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    cfg = {"num_classes": 10, "activation": "relu", "lrn": True, "overlapping_pool": True, "dropout": 0.0,
+           "init": "kaiming"}
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+    try:
+        result = TorchTrainer(_grad_digest_loop, train_loop_config=cfg,
+                              scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
+                              run_config=RunConfig(name="grads", storage_path=str(tmp_path))).fit()
+    finally:
+        ray.shutdown()
+    assert result.metrics["norm"] > 0 and result.metrics["max_diff"] == 0.0
+
+
+def test_too_small_a_cluster_is_a_clear_error_not_a_wait(demo_shards, tmp_path, capsys):
+    assert run(tmp_path, demo_shards, "--name", "big", "--cpus-per-worker", 64) == 2
+    err = capsys.readouterr().err
+    assert "needs 128 CPUs" in err and "--wait-for-resources" in err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--workers", "0"], "--workers must be >= 1"),
+    (["-b", "1000"], "larger than a worker's share"),
+    (["--gpus-per-worker", "3"], "--gpus-per-worker must be 0, 1 or 2"),
+])
+def test_bad_flags(demo_shards, tmp_path, capsys, flags, message):
+    assert run(tmp_path, demo_shards, "--name", "x", *flags) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_data_and_missing_run(tmp_path, capsys):
+    assert launch.main(["--data", str(tmp_path / "nowhere"), "--output-dir", str(tmp_path)]) == 2
+    assert "no manifest.json" in capsys.readouterr().err
+    assert launch.main(["--output-dir", str(tmp_path), "--name", "ghost", "--resume"]) == 2
+    assert "no run at" in capsys.readouterr().err
+
+
+def test_every_flag_help_states_its_default():
+    for action in launch.get_args_parser()._actions:
+        if action.help not in (None, "==SUPPRESS==") and action.dest != "help":
+            assert "default" in action.help, action.dest
