@@ -3,6 +3,7 @@ and a decode-only limit (libjpeg-turbo through PIL decoding the same JPEGs on al
 
     python bench/loader.py                          # builds 256-short demo shards in /tmp/bench_loader if needed
     python bench/loader.py --data data/shards --device cuda   # the same on a GPU (mixed decode)
+    python bench/loader.py --data data/shards --device cuda --sweep --skip-baselines   # GPU decoder settings
 
 Targets on a 2-core machine: >= 3x the baseline and >= 0.6x the decode-only limit.
 """
@@ -81,6 +82,30 @@ def decode_only_images_per_second(data, processes):
     return n / (time.perf_counter() - start)
 
 
+SWEEP = [  # (hw_decoder_load, threads, prefetch, batch); the first is the loader's default
+    (0.65, None, 2, 256), (0.0, None, 2, 256), (0.9, None, 2, 256), (1.0, None, 2, 256),
+    (0.65, None, 4, 256), (0.65, 8, 2, 256), (0.65, None, 2, 512), (0.9, None, 4, 512),
+]
+
+
+def sweep(data, args):
+    rows = []
+    for hw, threads, prefetch, batch in SWEEP:
+        threads = threads or args.workers
+        loader = make_loader(data, "train", batch, device=args.device, crop=args.crop, num_threads=threads,
+                             hw_decoder_load=hw, prefetch=prefetch)
+        try:
+            rate = loader_images_per_second(loader, epochs=args.epochs)
+        except ValueError as e:
+            print(f"batch {batch}: {e}")
+            continue
+        rows.append({"hw_decoder_load": hw, "threads": threads, "prefetch": prefetch, "batch": batch, "img_s": rate})
+        print(f"hw_decoder_load {hw:4.2f} threads {threads:2d} prefetch {prefetch} batch {batch:3d}: {rate:8.0f} img/s",
+              flush=True)
+        del loader
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=None, help="shards (default: demo shards in /tmp/bench_loader)")
@@ -88,6 +113,10 @@ def main(argv=None):
     p.add_argument("-b", "--batch-size", type=int, default=64, help="batch (default: 64)")
     p.add_argument("--crop", type=int, default=224, help="crop (default: 224)")
     p.add_argument("-j", "--workers", type=int, default=os.cpu_count(), help=f"threads/processes (default: {os.cpu_count()})")
+    p.add_argument("--epochs", type=int, default=2, help="epochs timed per loader (default: 2)")
+    p.add_argument("--sweep", action="store_true",
+                   help="also time GPU decoder settings: hw_decoder_load, threads, prefetch, batch (default: off)")
+    p.add_argument("--skip-baselines", action="store_true", help="skip the DataLoader and decode-only runs (default: off)")
     args = p.parse_args(argv)
     data = args.data or Path("/tmp/bench_loader")
     if not mf.manifest_path(data).is_file():
@@ -96,7 +125,13 @@ def main(argv=None):
     n = mf.load(data)["splits"]["train"]["num_samples"]
     ours = make_loader(data, "train", args.batch_size, device=args.device, crop=args.crop, num_threads=args.workers)
     result = {"device": args.device, "workers": args.workers, "samples": n, "batch": args.batch_size,
-              "dali_img_s": loader_images_per_second(ours, epochs=2)}
+              "dali_img_s": loader_images_per_second(ours, epochs=args.epochs)}
+    del ours
+    if args.sweep:
+        result["sweep"] = sweep(data, args)
+    if args.skip_baselines:
+        print(json.dumps(result, indent=1))
+        return
     result["baseline_img_s"] = baseline_images_per_second(data, args.batch_size, args.crop, args.workers, n)
     result["decode_only_img_s"] = decode_only_images_per_second(data, args.workers)
     result["vs_baseline"] = result["dali_img_s"] / result["baseline_img_s"]

@@ -45,5 +45,7 @@ def loader_images_per_second(loader, *, epochs=1, skip_batches=2):
                 sync(images.device)
                 start, n = time.perf_counter(), 0
             n += images.shape[0]
+    if start is None:
+        raise ValueError(f"the loader gave fewer than {skip_batches + 1} batches: use more data or a smaller batch")
     sync(images.device)
     return n / (time.perf_counter() - start)

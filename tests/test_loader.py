@@ -85,13 +85,18 @@ def test_training_epochs_are_equal_length_on_every_shard_and_reshuffled(colour_s
     loaders = [make_loader(colour_shards, "train", 32, shard_id=s, num_shards=4, crop=56, seed=3) for s in range(4)]
     assert {len(ld) for ld in loaders} == {(1003 // 4) // 32}
     ld = loaders[0]
+    epoch = lambda: torch.cat([i for _, _, i in ld])  # noqa: E731
     ld.set_epoch(0)
-    first = torch.cat([i for _, _, i in ld])
-    assert len(first) == len(ld) * 32 and len(set(first.tolist())) == len(first)
-    again = torch.cat([i for _, _, i in ld])  # same epoch again: same order (a resumed run repeats it exactly)
-    ld.set_epoch(1)
-    second = torch.cat([i for _, _, i in ld])
+    first = epoch()
+    second = epoch()  # the next epoch from the same live pipeline: a new order
+    ld.set_epoch(0)  # a jump (as on resume): rebuilt, seeded by (seed, 0, shard), so epoch 0 again exactly
+    again = epoch()
     assert torch.equal(first, again) and not torch.equal(first, second)
+    for e in (first, second):
+        assert len(e) == len(ld) * 32 and len(set(e.tolist())) == len(e) and e.max() < 250  # shard 0 = [0, 250)
+    resumed = make_loader(colour_shards, "train", 32, shard_id=0, num_shards=4, crop=56, seed=3, epoch=5)
+    later = torch.cat([i for _, _, i in resumed])
+    assert len(set(later.tolist())) == len(later) == len(ld) * 32 and not torch.equal(later, first)
     other = make_loader(colour_shards, "train", 32, shard_id=0, num_shards=4, crop=56, seed=4)
     assert not torch.equal(first, torch.cat([i for _, _, i in other]))
 
