@@ -6,6 +6,7 @@ Runs inside a Ray Train worker (see cluster/launch.py); every rank runs the same
 """
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -142,13 +143,19 @@ def _load_checkpoint(model, opt, sched):
     return state["epoch"] + 1, state["history"]
 
 
+def _stdout_log(msg):
+    # Not print(): Train V2 patches print into its logger and the line reaches the driver twice.
+    sys.stdout.write(msg + "\n")
+    sys.stdout.flush()
+
+
 def train_loop_per_worker(cfg):
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     torch.set_num_threads(cfg["threads"])
     devices = replica_devices(cfg["use_gpu"])
     device = devices[0]
-    log = (lambda msg: print(msg, flush=True)) if rank == 0 else (lambda msg: None)
+    log = _stdout_log if rank == 0 else (lambda msg: None)
     loader_kw = dict(shard_id=rank, num_shards=ctx.get_world_size(), crop=cfg["crop"], seed=cfg["seed"],
                      device="cuda" if cfg["use_gpu"] else "cpu", device_id=device.index if cfg["use_gpu"] else None,
                      num_threads=cfg["threads"], dtype="float32")

@@ -91,7 +91,7 @@ def _process(task, *, size, crop, quality, num_classes, seed):
     pos, name, label = task
     try:
         data = sources.read_input(name, label, num_classes, seed)
-        jpeg, pixels = prepare(data, size=size, crop=crop, quality=quality, sample_seed=pos)
+        jpeg, pixels = prepare(data, size=size, crop=crop, quality=quality)
         return pos, jpeg, None, pixels
     except BadImage as e:
         return pos, None, str(e), None

@@ -8,15 +8,28 @@ Members of sample <key> (key = the sample's idx, zero-padded to 9 digits):
   <key>.idx64  the idx as one little-endian int64         (likewise; names webdataset does not auto-decode)
 """
 import hashlib
-import io
 import os
 import struct
-import tarfile
 from pathlib import Path
 
 MEMBERS = ["jpg", "cls", "idx", "cls64", "idx64"]
 INDEX_VERSION = "v1.2"  # the format DALI's wds2idx writes
 BLOCK = 512
+RECORD = 20 * BLOCK  # tar pads the archive to whole records, as Python's tarfile and GNU tar do
+
+
+def ustar_header(name, size):
+    """The 512-byte USTAR header Python's tarfile writes for a regular file (mode 644, uid/gid 0, mtime 0).
+
+    Written by hand because tarfile's generic path costs ~80 us per member, a third of the builder's parent-process
+    time; tests check the result against tarfile, GNU tar (via wds2idx), webdataset and DALI."""
+    encoded = name.encode("ascii")
+    if len(encoded) > 100:
+        raise ValueError(f"member name too long for a USTAR header: {name!r}")
+    header = (encoded.ljust(100, b"\0") + b"0000644\0" + b"0000000\0" * 2 + b"%011o\0" % size + b"%011o\0" % 0
+              + b" " * 8 + b"0" + b"\0" * 100 + b"ustar\x0000" + b"\0" * (64 + 16 + 167))
+    checksum = sum(header)
+    return header[:148] + b"%06o\0" % checksum + header[155:]
 
 
 class _HashingFile:
@@ -49,7 +62,6 @@ class ShardWriter:
         self.tmp = self.tar_path.with_name(self.tar_path.name + ".tmp")
         self._raw = open(self.tmp, "wb")
         self._out = _HashingFile(self._raw)
-        self._tar = tarfile.open(fileobj=self._out, mode="w", format=tarfile.USTAR_FORMAT)
         self._index_lines = []
         self.num_samples = 0
         self.info = None
@@ -58,17 +70,16 @@ class ShardWriter:
         key = f"{idx:09d}"
         parts = []
         for ext, data in sample_members(idx, label, jpeg):
-            ti = tarfile.TarInfo(f"{key}.{ext}")
-            ti.size, ti.mtime, ti.mode = len(data), 0, 0o644  # mtime 0: same bytes on every rebuild
-            header_at = self._tar.offset
-            self._tar.addfile(ti, io.BytesIO(data))
-            # USTAR with short names: one 512-byte header, data right after (what `tar --block-num` reports + 1).
-            parts.append(f"{ext} {header_at + BLOCK} {len(data)} {ti.name}")
+            name = f"{key}.{ext}"
+            self._out.write(ustar_header(name, len(data)))
+            parts.append(f"{ext} {self._out.size} {len(data)} {name}")  # data offset: right after its header
+            self._out.write(data + b"\0" * (-len(data) % BLOCK))
         self._index_lines.append(" ".join(parts))
         self.num_samples += 1
 
     def close(self):
-        self._tar.close()
+        end = self._out.size + 2 * BLOCK  # two zero blocks end the archive
+        self._out.write(b"\0" * (2 * BLOCK + (-end % RECORD)))
         self._raw.flush()
         os.fsync(self._raw.fileno())
         self._raw.close()

@@ -275,3 +275,17 @@ def test_prepare_refuses_huge_images(monkeypatch):
 def test_bad_shard_size_flag(tmp_path, capsys):
     assert build(tmp_path / "s", "--shard-size", "lots") == 2
     assert "--shard-size" in capsys.readouterr().err
+
+
+def test_hand_written_tar_headers_equal_tarfiles(tmp_path):
+    from pipeline.shard_writer import sample_members
+    with ShardWriter(tmp_path / "ours.tar") as w:
+        for i in range(3):
+            w.add(i, 7 * i, bytes(range(256)) * (i + 1))
+    with tarfile.open(tmp_path / "ref.tar", "w", format=tarfile.USTAR_FORMAT) as t:
+        for i in range(3):
+            for ext, data in sample_members(i, 7 * i, bytes(range(256)) * (i + 1)):
+                ti = tarfile.TarInfo(f"{i:09d}.{ext}")
+                ti.size, ti.mtime, ti.mode = len(data), 0, 0o644
+                t.addfile(ti, io.BytesIO(data))
+    assert (tmp_path / "ours.tar").read_bytes() == (tmp_path / "ref.tar").read_bytes()

@@ -1,0 +1,76 @@
+"""Shard-builder throughput on a generated tree of realistic 500x375 JPEGs.
+
+    python bench/build_shards.py            # 2000 images; -n to change
+
+Compares `build_shards.py --size 256 -j 2` (decode, resize, re-encode, tar + idx + sha256 + stats) with a naive
+single-process PIL loop doing only the decode, resize and encode, and `--size 0` (originals kept). Target on a
+2-core machine: >= 1.8x the naive loop.
+"""
+import argparse
+import io
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path[0] = str(Path(__file__).resolve().parents[1])  # the repo root, not bench/
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from pipeline import build_shards, demo_data  # noqa: E402
+
+
+def make_tree(root, n, classes=10):
+    for i in range(n):
+        label = i % classes
+        img = demo_data.render(label, classes, np.random.default_rng(i)).resize((500, 375), Image.BILINEAR)
+        d = root / "train" / demo_data.DEMO_CLASSES[label]
+        d.mkdir(parents=True, exist_ok=True)
+        img.save(d / f"img_{i:06d}.JPEG", quality=90)
+    return sorted(root.glob("train/*/*.JPEG"))
+
+
+def naive_loop(files, size=256):
+    start = time.perf_counter()
+    for f in files:
+        img = Image.open(f).convert("RGB")
+        w, h = img.size
+        s = size / min(w, h)
+        img = img.resize((round(w * s), round(h * s)), Image.BILINEAR)
+        img.save(io.BytesIO(), "JPEG", quality=90)
+    return len(files) / (time.perf_counter() - start)
+
+
+def timed_build(src, out, *flags):
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    assert build_shards.main(["--src", str(src), "--out", str(out), *flags]) == 0
+    return len(list(src.glob("train/*/*.JPEG"))) / (time.perf_counter() - start)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-n", "--images", type=int, default=2000, help="images in the generated tree (default: 2000)")
+    p.add_argument("-j", "--workers", type=int, default=2, help="builder processes (default: 2)")
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        files = make_tree(tmp / "src", args.images)
+        naive_loop(files[:20])  # warm the page cache and Pillow
+        result = {"images": len(files), "cpus": os.cpu_count(), "workers": args.workers,
+                  "naive_single_process_img_s": naive_loop(files),
+                  "build_size256_img_s": timed_build(tmp / "src", tmp / "a", "--size", "256", "-j", str(args.workers)),
+                  "build_size0_img_s": timed_build(tmp / "src", tmp / "b", "--size", "0", "-j", str(args.workers))}
+    result["size256_vs_naive"] = result["build_size256_img_s"] / result["naive_single_process_img_s"]
+    print(json.dumps(result, indent=1))
+    print(f"--size 256 -j {args.workers}: {result['build_size256_img_s']:.0f} img/s = {result['size256_vs_naive']:.2f}x "
+          f"the naive loop ({result['naive_single_process_img_s']:.0f} img/s); --size 0: "
+          f"{result['build_size0_img_s']:.0f} img/s. Target >= 1.8x.")
+
+
+if __name__ == "__main__":
+    main()

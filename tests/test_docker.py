@@ -1,0 +1,115 @@
+"""compose.yaml, the GPU override, the KubeRay manifest and the Dockerfile, checked without a Docker engine:
+the compose files against the Compose Specification's schema (check-jsonschema's vendored copy), and what they run
+against this repository."""
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cluster import launch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(name):
+    return yaml.safe_load((ROOT / name).read_text())
+
+
+def expand(text, env=None):
+    """${VAR:-default} -> the default (or env[VAR]), as compose does without an .env file."""
+    return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: (env or {}).get(m.group(1), m.group(2)), text)
+
+
+def launch_args(command):
+    """The launch.py argument list inside a (possibly multi-step shell) command."""
+    words = shlex.split(expand(command))
+    i = words.index("cluster/launch.py")
+    end = next((j for j in range(i + 1, len(words)) if words[j] in ("&&", ";", "||")), len(words))
+    return words[i + 1:end]
+
+
+@pytest.mark.parametrize("name", ["compose.yaml", "compose.gpu.yaml"])
+def test_compose_files_follow_the_compose_spec(name):
+    proc = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec",
+                           str(ROOT / name)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_services_commands_and_health():
+    services = load("compose.yaml")["services"]
+    assert set(services) == {"ray-head", "ray-worker", "trainer"}
+    head = services["ray-head"]
+    assert "ray start --head --block" in head["command"] and head["healthcheck"]["test"][1:3] == ["ray", "health-check"]
+    for name in ("ray-worker", "trainer"):
+        assert services[name]["depends_on"]["ray-head"]["condition"] == "service_healthy"
+    assert "--address=ray-head:6379" in services["ray-worker"]["command"]
+    trainer = " ".join(services["trainer"]["command"])
+    assert "pipeline/build_shards.py --out /data/shards" in trainer and "manifest.json" in trainer
+
+
+def test_trainer_flags_are_accepted_by_launch():
+    trainer = " ".join(load("compose.yaml")["services"]["trainer"]["command"])
+    args = launch.get_args_parser().parse_args(launch_args(trainer))
+    assert args.address == "auto" and args.workers == 2 and args.wait_for_resources
+    assert str(args.data) == "/data/shards" and str(args.output_dir) == "/runs"
+    rayjob = load("docker/rayjob.yaml")
+    args = launch.get_args_parser().parse_args(launch_args(rayjob["spec"]["entrypoint"]))
+    assert args.gpus_per_worker == 2 and args.workers == 4
+
+
+def test_every_node_shares_shards_and_runs_and_has_shm():
+    for name, svc in load("compose.yaml")["services"].items():
+        mounts = {expand(v).split(":")[1] for v in svc["volumes"]}
+        assert {"/data/shards", "/runs"} <= mounts, name
+        size = svc["shm_size"]
+        assert size.endswith("gb") and int(size[:-2]) >= 2, name
+
+
+def test_published_ports_bind_localhost_only():
+    for doc in ("compose.yaml", "compose.gpu.yaml"):
+        for name, svc in load(doc)["services"].items():
+            for port in svc.get("ports", []):
+                assert str(port).startswith("127.0.0.1:"), f"{doc} {name} publishes {port}"
+    assert load("docker/rayjob.yaml")["spec"]["rayClusterSpec"]["headGroupSpec"]["rayStartParams"]["dashboard-host"] \
+        == "127.0.0.1"
+
+
+def test_gpu_override_reserves_two_gpus_per_worker():
+    worker = load("compose.gpu.yaml")["services"]["ray-worker"]
+    (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert device["count"] == 2 and device["capabilities"] == ["gpu"]
+    assert "--num-gpus=2" in worker["command"]
+    assert load("compose.yaml")["services"]["ray-worker"].get("deploy") is None  # the default needs no GPU
+
+
+def test_kuberay_manifest_shape():
+    job = load("docker/rayjob.yaml")
+    assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
+    (group,) = job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    (container,) = group["template"]["spec"]["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 2 and group["rayStartParams"]["num-gpus"] == "2"
+
+
+def test_dockerfile_copies_and_runs_what_exists():
+    text = (ROOT / "docker" / "Dockerfile").read_text()
+    for line in text.splitlines():
+        if line.startswith("COPY "):
+            for src in line.split()[1:-1]:
+                assert (ROOT / src).exists(), src
+    assert re.search(r"^USER (?!root)\w+", text, re.M)
+    cmd = re.search(r'^CMD \["python", "([^"]+)"', text, re.M).group(1)
+    assert (ROOT / cmd).is_file()
+    for script in ("pipeline/build_shards.py", "cluster/launch.py"):
+        assert (ROOT / script).is_file()
+    for pin in (ROOT / "docker" / "constraints.txt").read_text().split():
+        if "==" in pin:
+            assert re.fullmatch(r"[\w.-]+==[\w.]+", pin), pin
+
+
+def test_dockerignore_keeps_data_runs_and_venvs_out():
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {"data/", "runs/", ".venv/"} <= set(ignored)
