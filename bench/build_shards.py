@@ -2,7 +2,7 @@
 
     python bench/build_shards.py            # 2000 images; -n to change
 
-Compares `build_shards.py --size 256 -j 2` (decode, resize, re-encode, tar + idx + sha256 + stats) with a naive
+Medians of alternating repeats. Compares `build_shards.py --size 256 -j 2` (decode, resize, re-encode, tar + idx + sha256 + stats) with a naive
 single-process PIL loop doing only the decode, resize and encode, and `--size 0` (originals kept). Target on a
 2-core machine: >= 1.8x the naive loop.
 """
@@ -11,6 +11,7 @@ import io
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -56,15 +57,21 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-n", "--images", type=int, default=2000, help="images in the generated tree (default: 2000)")
     p.add_argument("-j", "--workers", type=int, default=2, help="builder processes (default: 2)")
+    p.add_argument("--repeats", type=int, default=3, help="alternating runs of each; medians reported (default: 3)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         files = make_tree(tmp / "src", args.images)
         naive_loop(files[:20])  # warm the page cache and Pillow
-        result = {"images": len(files), "cpus": os.cpu_count(), "workers": args.workers,
-                  "naive_single_process_img_s": naive_loop(files),
-                  "build_size256_img_s": timed_build(tmp / "src", tmp / "a", "--size", "256", "-j", str(args.workers)),
-                  "build_size0_img_s": timed_build(tmp / "src", tmp / "b", "--size", "0", "-j", str(args.workers))}
+        runs = {"naive": [], "size256": [], "size0": []}
+        for _ in range(args.repeats):  # alternate, so that drift in the machine's speed hits all three alike
+            runs["naive"].append(naive_loop(files))
+            runs["size256"].append(timed_build(tmp / "src", tmp / "a", "--size", "256", "-j", str(args.workers)))
+            runs["size0"].append(timed_build(tmp / "src", tmp / "b", "--size", "0", "-j", str(args.workers)))
+        median = {k: statistics.median(v) for k, v in runs.items()}
+        result = {"images": len(files), "cpus": os.cpu_count(), "workers": args.workers, "repeats": args.repeats,
+                  "naive_single_process_img_s": median["naive"], "build_size256_img_s": median["size256"],
+                  "build_size0_img_s": median["size0"], "all": runs}
     result["size256_vs_naive"] = result["build_size256_img_s"] / result["naive_single_process_img_s"]
     print(json.dumps(result, indent=1))
     print(f"--size 256 -j {args.workers}: {result['build_size256_img_s']:.0f} img/s = {result['size256_vs_naive']:.2f}x "

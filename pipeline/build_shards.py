@@ -28,7 +28,7 @@ from pipeline import manifest as mf
 from pipeline import sources
 from pipeline.images import BadImage, prepare
 from pipeline.shard_writer import ShardWriter
-from pipeline.stats import RGBStats
+from pipeline.stats import RGBStats, pixel_sums
 
 SPLITS = ("train", "val")
 
@@ -87,12 +87,12 @@ def settings_of(args):
 
 
 def _process(task, *, size, crop, quality, num_classes, seed):
-    """In a worker process: (pos, name, label) -> (pos, jpeg or None, reason, pixel sample)."""
+    """In a worker process: (pos, name, label) -> (pos, jpeg or None, reason, pixel sums for the statistics)."""
     pos, name, label = task
     try:
         data = sources.read_input(name, label, num_classes, seed)
         jpeg, pixels = prepare(data, size=size, crop=crop, quality=quality)
-        return pos, jpeg, None, pixels
+        return pos, jpeg, None, pixel_sums(pixels)
     except BadImage as e:
         return pos, None, str(e), None
     except OSError as e:
@@ -159,7 +159,7 @@ def build_split(args, man, split, inputs, pool, unit, limit):
         mf.write(args.out, man)  # after every shard: a kill loses at most the shard being written
         writer = None
 
-    for pos, jpeg, reason, pixels in results:
+    for pos, jpeg, reason, sums in results:
         bar.update(1)
         if jpeg is None:
             name = inputs[order[pos]][0]
@@ -173,7 +173,7 @@ def build_split(args, man, split, inputs, pool, unit, limit):
         writer.add(next_idx, inputs[order[pos]][1], jpeg)
         next_idx += 1
         if split == "train":
-            stats.add(pixels)
+            stats.add_sums(*sums)
         if (writer.num_samples if unit == "samples" else writer._out.size) >= limit:
             close_shard(pos + 1)
     if writer is not None:

@@ -5,6 +5,12 @@ unfinished build's state and resumed."""
 import numpy as np
 
 
+def pixel_sums(pixels):
+    """(count, sum, sum of outer products) of (k, 3) pixels: everything RGBStats needs from one image."""
+    p = np.asarray(pixels, dtype=np.float64)
+    return len(p), p.sum(0), p.T @ p
+
+
 class RGBStats:
     def __init__(self, n=0, total=None, outer=None):
         self.n = n
@@ -13,10 +19,13 @@ class RGBStats:
 
     def add(self, pixels):
         """pixels: (k, 3) uint8 array."""
-        p = np.asarray(pixels, dtype=np.float64)
-        self.n += len(p)
-        self.total += p.sum(0)
-        self.outer += p.T @ p
+        self.add_sums(*pixel_sums(pixels))
+
+    def add_sums(self, n, total, outer):
+        """What pixel_sums returned (computed in the builder's worker processes, off the parent's critical path)."""
+        self.n += n
+        self.total += total
+        self.outer += outer
 
     def state(self):
         return {"n": self.n, "total": self.total.tolist(), "outer": self.outer.tolist()}
