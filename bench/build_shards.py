@@ -2,7 +2,8 @@
 
     python bench/build_shards.py            # 2000 images; -n to change
 
-Medians of alternating repeats. Compares `build_shards.py --size 256 -j 2` (decode, resize, re-encode, tar + idx + sha256 + stats) with a naive
+Medians of alternating repeats. Compares `build_shards.py --size 256 -j 2` (decode, resize, re-encode,
+tar + idx + sha256 + stats) with a naive
 single-process PIL loop doing only the decode, resize and encode, and `--size 0` (originals kept). Target on a
 2-core machine: >= 1.8x the naive loop.
 """
@@ -74,7 +75,8 @@ def main(argv=None):
                   "build_size0_img_s": median["size0"], "all": runs}
     result["size256_vs_naive"] = result["build_size256_img_s"] / result["naive_single_process_img_s"]
     print(json.dumps(result, indent=1))
-    print(f"--size 256 -j {args.workers}: {result['build_size256_img_s']:.0f} img/s = {result['size256_vs_naive']:.2f}x "
+    print(f"--size 256 -j {args.workers}: {result['build_size256_img_s']:.0f} img/s = "
+          f"{result['size256_vs_naive']:.2f}x "
           f"the naive loop ({result['naive_single_process_img_s']:.0f} img/s); --size 0: "
           f"{result['build_size0_img_s']:.0f} img/s. Target >= 1.8x.")
 

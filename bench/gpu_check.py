@@ -32,7 +32,8 @@ SMOKE = dict(train_per_class=4, val_per_class=2, loader_batch=8, model_batch=4, 
 
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("gpu_check"), help="folder for the JSON and markdown (default: gpu_check)")
+    p.add_argument("--out", type=Path, default=Path("gpu_check"),
+                   help="folder for the JSON and markdown (default: gpu_check)")
     p.add_argument("--data", type=Path, default=None,
                    help="shards to use (default: build demo shards at ImageNet-like sizes in --out/shards)")
     p.add_argument("--smoke", action="store_true", help="every step on CPU at tiny sizes (default: off)")
@@ -201,7 +202,8 @@ def main(argv=None):
         print("no CUDA device found: running the smoke version (use --smoke to ask for it)")
         args.smoke = True
     size = SMOKE if args.smoke else FULL
-    report = {"smoke": args.smoke, "environment": environment(), "steps": {}, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    report = {"smoke": args.smoke, "environment": environment(), "steps": {},
+              "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     data = None
 
     def run_step(name, fn, *a):

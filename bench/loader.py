@@ -24,7 +24,8 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from bench.timing import loader_images_per_second  # noqa: E402
-from pipeline import build_shards, manifest as mf  # noqa: E402
+from pipeline import build_shards  # noqa: E402
+from pipeline import manifest as mf  # noqa: E402
 from pipeline.loader import make_loader  # noqa: E402
 
 
@@ -112,11 +113,13 @@ def main(argv=None):
     p.add_argument("--device", default="cpu", help="cpu or cuda for this loader (default: cpu)")
     p.add_argument("-b", "--batch-size", type=int, default=64, help="batch (default: 64)")
     p.add_argument("--crop", type=int, default=224, help="crop (default: 224)")
-    p.add_argument("-j", "--workers", type=int, default=os.cpu_count(), help=f"threads/processes (default: {os.cpu_count()})")
+    p.add_argument("-j", "--workers", type=int, default=os.cpu_count(),
+                   help=f"threads/processes (default: {os.cpu_count()})")
     p.add_argument("--epochs", type=int, default=2, help="epochs timed per loader (default: 2)")
     p.add_argument("--sweep", action="store_true",
                    help="also time GPU decoder settings: hw_decoder_load, threads, prefetch, batch (default: off)")
-    p.add_argument("--skip-baselines", action="store_true", help="skip the DataLoader and decode-only runs (default: off)")
+    p.add_argument("--skip-baselines", action="store_true",
+                   help="skip the DataLoader and decode-only runs (default: off)")
     args = p.parse_args(argv)
     data = args.data or Path("/tmp/bench_loader")
     if not mf.manifest_path(data).is_file():

@@ -37,7 +37,8 @@ def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--data", type=Path, default=None,
-      help=f"shard folder from pipeline/build_shards.py (default: {DEFAULT_DATA}, the demo set is built there if missing)")
+      help=f"shard folder from pipeline/build_shards.py (default: {DEFAULT_DATA}; the demo set is built there "
+           "if missing)")
     a("--workers", type=int, default=4, help="data-parallel replicas, one Ray worker each (default: 4)")
     a("--gpus-per-worker", type=int, default=None,
       help="GPUs per replica: 2 puts the columns on two GPUs, 1 both on one (default: 2 with GPUs, 0 without)")

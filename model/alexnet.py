@@ -21,8 +21,8 @@ An adaptive average pool to 6x6 sits before fc6: at 224 it is the identity (pool
 same weights run at smaller crops (the CPU demo trains at 112).
 """
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 # (name, in_channels of one column's input, out_channels per column, kernel, stride, padding, reads both columns)
 CONV_LAYERS = [

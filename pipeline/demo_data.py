@@ -62,7 +62,7 @@ def write_demo_tree(root, *, train_per_class, val_per_class, num_classes=len(DEM
     root = Path(root)
     rows = []
     for split, per_class in (("train", train_per_class), ("val", val_per_class)):
-        for number, (name, label) in enumerate(demo_inputs(split, per_class, num_classes)):
+        for number, (_, label) in enumerate(demo_inputs(split, per_class, num_classes)):
             wnid = DEMO_CLASSES[label]
             stem = f"{wnid}_{number:06d}"
             if split == "val" and flat_val:

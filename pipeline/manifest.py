@@ -53,7 +53,8 @@ def load(data_dir, *, require_complete=True):
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ManifestError(f"{path}: not valid JSON ({e}). Rebuild the shards.") from None
     if not isinstance(m, dict) or m.get("format") != FORMAT:
-        raise ManifestError(f"{path}: not a manifest of this project (format {m.get('format') if isinstance(m, dict) else None!r}, "
+        found = m.get("format") if isinstance(m, dict) else None
+        raise ManifestError(f"{path}: not a manifest of this project (format {found!r}, "
                             f"expected {FORMAT!r}).")
     if m.get("version") != VERSION:
         raise ManifestError(f"{path}: manifest version {m.get('version')!r}; this code reads version {VERSION}. "

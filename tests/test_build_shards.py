@@ -7,15 +7,20 @@ import tarfile
 
 import numpy as np
 import pytest
+from conftest import build
 from PIL import Image
 
-from conftest import build
-from pipeline import images, manifest as mf
+from pipeline import images
+from pipeline import manifest as mf
 from pipeline.shard_writer import ShardWriter
 
 
 def read_manifest(out):
     return json.loads((out / "manifest.json").read_text())
+
+
+def shas(manifest, split):
+    return [s["sha256"] for s in manifest["splits"][split]["shards"]]
 
 
 def samples(out, split):
@@ -134,7 +139,7 @@ def test_deterministic_for_a_seed(tmp_path, demo_shards):
     out = tmp_path / "again"
     assert build(out, "--demo-train-per-class", 12, "--demo-val-per-class", 5, "--shard-size", 40) == 0
     a, b = read_manifest(out), read_manifest(demo_shards)
-    assert [s["sha256"] for s in a["splits"]["train"]["shards"]] == [s["sha256"] for s in b["splits"]["train"]["shards"]]
+    assert shas(a, "train") == shas(b, "train")
     assert a["stats"] == b["stats"]
     other = tmp_path / "seed1"
     assert build(other, "--demo-train-per-class", 12, "--demo-val-per-class", 5, "--shard-size", 40, "--seed", 1) == 0
@@ -245,7 +250,7 @@ def test_resume_after_a_killed_build(demo_tree, tmp_path, monkeypatch):
     assert build(out, "--src", demo_tree, "--shard-size", 4, "--resume") == 0
     a, b = read_manifest(out), read_manifest(clean)
     for split in ("train", "val"):
-        assert [s["sha256"] for s in a["splits"][split]["shards"]] == [s["sha256"] for s in b["splits"][split]["shards"]]
+        assert shas(a, split) == shas(b, split)
     assert a["stats"] == b["stats"]
     assert not list(out.rglob("*.tmp"))
 
@@ -289,3 +294,13 @@ def test_hand_written_tar_headers_equal_tarfiles(tmp_path):
                 ti.size, ti.mtime, ti.mode = len(data), 0, 0o644
                 t.addfile(ti, io.BytesIO(data))
     assert (tmp_path / "ours.tar").read_bytes() == (tmp_path / "ref.tar").read_bytes()
+
+
+def test_plain_val_labels_file(tree_copy, tmp_path):
+    csv_rows = (tree_copy / "LOC_val_solution.csv").read_text().splitlines()[1:]
+    (tree_copy / "LOC_val_solution.csv").unlink()
+    plain = tmp_path / "labels.txt"
+    plain.write_text("".join(f"{r.split(',')[0]}.JPEG {r.split(',')[1].split()[0]}\n" for r in csv_rows))
+    out = tmp_path / "s"
+    assert build(out, "--src", tree_copy, "--val-labels", plain) == 0
+    assert sorted(np.bincount([lab for lab, _ in samples(out, "val").values()]).tolist()) == [3, 3, 3]

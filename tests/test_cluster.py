@@ -7,6 +7,8 @@ import torch
 
 from cluster import launch
 
+SLOW = pytest.mark.slow  # each of these starts a Ray cluster
+
 TINY = ["--workers", "2", "-b", "8", "--crop", "64", "--print-freq", "5", "--cpus-per-worker", "0.5"]
 
 
@@ -25,6 +27,7 @@ def finished_run(demo_shards, tmp_path_factory):
     return tmp, tmp / "runs" / "e2e"
 
 
+@SLOW
 def test_end_to_end_outputs(finished_run):
     _, run_dir = finished_run
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -45,6 +48,7 @@ def test_end_to_end_outputs(finished_run):
     assert {"optimizer", "scheduler", "config", "loader"} <= set(state)
 
 
+@SLOW
 def test_resume_continues_at_the_next_epoch(finished_run):
     tmp, run_dir = finished_run
     before = metrics(run_dir)
@@ -53,6 +57,7 @@ def test_resume_continues_at_the_next_epoch(finished_run):
     assert [m["epoch"] for m in after] == [1, 2, 3] and after[:2] == before
 
 
+@SLOW
 def test_a_failing_worker_is_replaced_and_no_epoch_counts_twice(demo_shards, tmp_path):
     assert run(tmp_path, demo_shards, "--epochs", 2, "--name", "f", "--max-failures", 1, "--inject-failure", "1:1") == 0
     run_dir = tmp_path / "runs" / "f"
@@ -83,6 +88,7 @@ def _grad_digest_loop(cfg):
     ray.train.report(result)
 
 
+@SLOW
 def test_gradients_are_identical_across_replicas(tmp_path):
     import ray
     from ray.train import RunConfig, ScalingConfig
@@ -103,6 +109,7 @@ def test_gradients_are_identical_across_replicas(tmp_path):
         assert got["norm"] > 0 and got["max_diff"] == 0.0  # DDP averaged rank-specific gradients: all equal
 
 
+@SLOW
 def test_too_small_a_cluster_is_a_clear_error_not_a_wait(demo_shards, tmp_path, capsys):
     assert run(tmp_path, demo_shards, "--name", "big", "--cpus-per-worker", 64) == 2
     err = capsys.readouterr().err

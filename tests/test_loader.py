@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import build
 from PIL import Image
 
-from conftest import build
 from pipeline import manifest as mf
 from pipeline.loader import make_loader
 
@@ -217,3 +217,10 @@ def test_mixed_decode_matches_cpu_decode(demo_shards):
     gpu, labels_gpu, idx_gpu = next(iter(make_loader(demo_shards, "val", 16, train=False, device="cuda")))
     assert gpu.is_cuda and torch.equal(idx_cpu, idx_gpu.cpu()) and torch.equal(labels_cpu, labels_gpu.cpu())
     assert (gpu.cpu() - cpu).abs().mean() < 0.05  # normalised units; nvJPEG and libjpeg-turbo differ by rounding
+
+
+def test_random_resized_crop_option(colour_shards):
+    loader = make_loader(colour_shards, "train", 40, crop=48, random_resized_crop=True)
+    images, labels, _ = next(iter(loader))
+    assert images.shape == (40, 3, 48, 48)
+    assert torch.equal(nearest_colour(images, colour_shards), labels)
