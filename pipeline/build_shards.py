@@ -174,7 +174,7 @@ def build_split(args, man, split, inputs, pool, unit, limit):
         next_idx += 1
         if split == "train":
             stats.add_sums(*sums)
-        if (writer.num_samples if unit == "samples" else writer._out.size) >= limit:
+        if (writer.num_samples if unit == "samples" else writer.bytes_written) >= limit:
             close_shard(pos + 1)
     if writer is not None:
         close_shard(len(inputs))

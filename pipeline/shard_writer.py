@@ -77,6 +77,10 @@ class ShardWriter:
         self._index_lines.append(" ".join(parts))
         self.num_samples += 1
 
+    @property
+    def bytes_written(self):
+        return self._out.size
+
     def close(self):
         end = self._out.size + 2 * BLOCK  # two zero blocks end the archive
         self._out.write(b"\0" * (2 * BLOCK + (-end % RECORD)))

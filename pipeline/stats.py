@@ -17,10 +17,6 @@ class RGBStats:
         self.total = np.zeros(3) if total is None else np.asarray(total, dtype=np.float64)
         self.outer = np.zeros((3, 3)) if outer is None else np.asarray(outer, dtype=np.float64)
 
-    def add(self, pixels):
-        """pixels: (k, 3) uint8 array."""
-        self.add_sums(*pixel_sums(pixels))
-
     def add_sums(self, n, total, outer):
         """What pixel_sums returned (computed in the builder's worker processes, off the parent's critical path)."""
         self.n += n

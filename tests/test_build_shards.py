@@ -304,3 +304,12 @@ def test_plain_val_labels_file(tree_copy, tmp_path):
     out = tmp_path / "s"
     assert build(out, "--src", tree_copy, "--val-labels", plain) == 0
     assert sorted(np.bincount([lab for lab, _ in samples(out, "val").values()]).tolist()) == [3, 3, 3]
+
+
+def test_shard_size_in_bytes(demo_tree, tmp_path):
+    out = tmp_path / "s"
+    assert build(out, "--src", demo_tree, "--shard-size", "100KB") == 0
+    shards = read_manifest(out)["splits"]["train"]["shards"]
+    assert len(shards) > 2 and sum(s["num_samples"] for s in shards) == 18
+    assert all(s["bytes"] >= 100 * 1024 for s in shards[:-1])  # each full shard closed once past the limit
+    assert mf.verify(out) == []
