@@ -80,7 +80,8 @@ def _maybe_fail(cfg, epoch, step, rank):
 
 def train_one_epoch(cfg, model, trainable, opt, loader, epoch, device, rank, log):
     model.train()
-    loss_sum, seen, start = 0.0, 0, time.time()
+    # Summed on the device: a .item() every step would make the host wait for the GPU at every step.
+    loss_sum, seen, start = torch.zeros((), device=device), 0, time.time()
     steps = len(loader)
     for step, (images, labels, _) in enumerate(loader):
         _maybe_fail(cfg, epoch, step, rank)
@@ -92,14 +93,14 @@ def train_one_epoch(cfg, model, trainable, opt, loader, epoch, device, rank, log
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        loss_sum += loss.item() * len(labels)
+        loss_sum += loss.detach().float() * len(labels)
         seen += len(labels)
         if rank == 0 and ((step + 1) % cfg["print_freq"] == 0 or step + 1 == steps):
             rate = seen * cfg["workers"] / (time.time() - start)
             eta = (steps - step - 1) * (time.time() - start) / (step + 1)
-            log(f"epoch {epoch + 1}/{cfg['epochs']} step {step + 1}/{steps} loss {loss_sum / seen:.4f} "
+            log(f"epoch {epoch + 1}/{cfg['epochs']} step {step + 1}/{steps} loss {loss_sum.item() / seen:.4f} "
                 f"{rate:.1f} img/s lr {opt.param_groups[0]['lr']:.2e} eta {eta:.0f}s")
-    total_loss, total_seen = _all_sum([loss_sum, seen], device)
+    total_loss, total_seen = _all_sum([loss_sum.item(), seen], device)
     return {"train_loss": total_loss / max(total_seen, 1), "images_per_second": total_seen / (time.time() - start)}
 
 
@@ -107,7 +108,8 @@ def train_one_epoch(cfg, model, trainable, opt, loader, epoch, device, rank, log
 def evaluate(cfg, model, loader, device, ten_crop=False):
     """Top-1/top-5 error over this rank's shard, summed over ranks: every validation image counted once."""
     model.eval()
-    top1 = top5 = count = 0
+    top1 = top5 = torch.zeros((), dtype=torch.int64, device=device)  # on the device: no per-batch sync
+    count = 0
     for images, labels, _ in loader:
         images, labels = images.to(device), labels.to(device)
         with _autocast(cfg, device):
@@ -118,10 +120,10 @@ def evaluate(cfg, model, loader, device, ten_crop=False):
                 probs = model(images).float()
         k = min(5, probs.shape[1])
         top = probs.topk(k, dim=1).indices
-        top1 += (top[:, 0] == labels).sum().item()
-        top5 += (top == labels[:, None]).any(1).sum().item()
+        top1 = top1 + (top[:, 0] == labels).sum()
+        top5 = top5 + (top == labels[:, None]).any(1).sum()
         count += len(labels)
-    top1, top5, count = _all_sum([top1, top5, count], device)
+    top1, top5, count = _all_sum([top1.item(), top5.item(), count], device)
     return 1 - top1 / count, 1 - top5 / count, int(count)
 
 
