@@ -1,0 +1,142 @@
+"""The training step, the evaluation and the learning-rate schedule, without Ray: the Ray workers (cluster/train.py)
+and the single-process ablations (bench/ablate.py) run this same code. Sums across data-parallel ranks go through
+torch.distributed when a process group is up, and are local otherwise.
+"""
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from cluster.config import MAX_LR_DECAYS
+
+
+@dataclass
+class LrSchedule:
+    """lr at every step: a linear warmup from base_lr to the peak, then the peak divided by 10 per decay.
+
+    The peak is passed in, not stored, because it follows the number of replicas (cluster/config.py), which may
+    change when an elastic run restarts; what is stored (state_dict) is how far the decay has gone.
+
+    plateau: a decay when validation error has not improved for more than `patience` epochs (torch's
+    ReduceLROnPlateau rule, relative threshold 1e-4), at most MAX_LR_DECAYS times, never counted during warmup.
+    step: a decay every `step_size` epochs.
+    """
+    base_lr: float
+    warmup_epochs: int
+    schedule: str = "plateau"
+    patience: int = 2
+    step_size: int = 30
+    decays: int = 0
+    best: float = math.inf
+    bad_epochs: int = 0
+
+    def lr(self, peak, epoch, progress=0.0):
+        """The rate for `epoch` (0-based) at `progress` (0..1) through it."""
+        if epoch < self.warmup_epochs:
+            return self.base_lr + (peak - self.base_lr) * (epoch + progress) / self.warmup_epochs
+        decays = self.decays if self.schedule == "plateau" else epoch // self.step_size
+        return peak * 0.1 ** decays
+
+    def end_epoch(self, epoch, val_error):
+        """Record epoch `epoch`'s validation error; returns True when the rate was just divided by 10."""
+        if self.schedule != "plateau" or epoch + 1 <= self.warmup_epochs:
+            return False
+        if val_error < self.best * (1 - 1e-4):
+            self.best, self.bad_epochs = val_error, 0
+        else:
+            self.bad_epochs += 1
+        if self.bad_epochs > self.patience and self.decays < MAX_LR_DECAYS:
+            self.decays, self.bad_epochs = self.decays + 1, 0
+            return True
+        return False
+
+    def state_dict(self):
+        return {k: v for k, v in asdict(self).items() if k in ("decays", "best", "bad_epochs")}
+
+    def load_state_dict(self, state):
+        self.decays, self.best, self.bad_epochs = state["decays"], state["best"], state["bad_epochs"]
+
+
+def make_optimizer(model, lr, momentum, wd):
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=wd)
+
+
+def set_lr(opt, lr):
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
+def all_sum(values, device):
+    """Sum a list of numbers over every rank (one collective, one host sync); local without a process group."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def autocast(amp, device):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+
+
+def train_one_epoch(model, opt, loader, *, epoch, schedule, peak_lr, device, amp=False, replicas=1, log=None,
+                    print_freq=10, epochs=None, before_step=None):
+    """One pass over `loader`. `model` is what gets called (the DDP wrapper in a cluster). Returns the epoch's
+    train loss and top-1 error on the augmented batches (summed over ranks) and img/s over all replicas."""
+    model.train()
+    # Summed on the device: a .item() every step would make the host wait for the GPU at every step.
+    loss_sum = torch.zeros((), device=device)
+    wrong = torch.zeros((), dtype=torch.int64, device=device)
+    seen, start, steps = 0, time.time(), len(loader)
+    for step, (images, labels, _) in enumerate(loader):
+        if before_step is not None:
+            before_step(epoch, step)
+        set_lr(opt, schedule.lr(peak_lr, epoch, step / steps))
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        if device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast(amp, device):
+            logits = model(images)
+            loss = F.cross_entropy(logits, labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss_sum += loss.detach().float() * len(labels)
+        wrong += (logits.detach().argmax(1) != labels).sum()
+        seen += len(labels)
+        if log and ((step + 1) % print_freq == 0 or step + 1 == steps):
+            elapsed = time.time() - start
+            log(f"epoch {epoch + 1}/{epochs or '?'} step {step + 1}/{steps} loss {loss_sum.item() / seen:.4f} "
+                f"{seen * replicas / elapsed:.1f} img/s lr {opt.param_groups[0]['lr']:.2e} "
+                f"eta {(steps - step - 1) * elapsed / (step + 1):.0f}s")
+    total_loss, total_wrong, total_seen = all_sum([loss_sum.item(), wrong.item(), seen], device)
+    total_seen = max(total_seen, 1)
+    return {"train_loss": total_loss / total_seen, "train_top1_error": total_wrong / total_seen,
+            "images_per_second": total_seen / (time.time() - start)}
+
+
+@torch.no_grad()
+def evaluate(model, loader, device, *, amp=False, ten_crop=False):
+    """(top-1 error, top-5 error, images) over this rank's shard, summed over ranks: every image counted once.
+    With ten_crop the loader yields (N, 10, 3, H, W) and the softmax of the ten patches is averaged (the paper)."""
+    model.eval()
+    top1 = torch.zeros((), dtype=torch.int64, device=device)  # on the device: no per-batch sync
+    top5 = torch.zeros((), dtype=torch.int64, device=device)
+    count = 0
+    for images, labels, _ in loader:
+        n, labels = images.shape[0], labels.to(device)
+        images = images.to(device).flatten(0, 1) if ten_crop else images.to(device)
+        if device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast(amp, device):
+            logits = model(images).float()
+        probs = F.softmax(logits, dim=1).view(n, 10, -1).mean(1) if ten_crop else logits
+        top = probs.topk(min(5, probs.shape[1]), dim=1).indices
+        top1 += (top[:, 0] == labels).sum()
+        top5 += (top == labels[:, None]).any(1).sum()
+        count += len(labels)
+    top1, top5, count = all_sum([top1.item(), top5.item(), count], device)
+    count = max(count, 1)
+    return 1 - top1 / count, 1 - top5 / count, int(count)
