@@ -1,6 +1,7 @@
 """ImageNet (or the built-in demo set) -> WebDataset shards + DALI indexes + manifest.json.
 
     python pipeline/build_shards.py                                       # demo set -> data/shards
+    python pipeline/build_shards.py --demo-set shapes --size 128 --out data/shapes   # the ablation set
     python pipeline/build_shards.py --src /data/imagenet --out /data/shards -j 16
     python pipeline/build_shards.py --src /data/imagenet --out /data/shards --resume   # after a kill
     python pipeline/build_shards.py --out /data/shards --verify                        # re-check finished shards
@@ -31,6 +32,10 @@ from pipeline.shard_writer import ShardWriter
 from pipeline.stats import RGBStats, pixel_sums
 
 SPLITS = ("train", "val")
+# (train, val) images per class of each embedded set. Shapes: a small training set, so that a run without dropout or
+# augmentation can overfit it within the ablation's budget (bench/ablate.py), and a larger validation set for
+# less noisy comparisons.
+DEMO_PER_CLASS = {"colours": (130, 30), "shapes": (80, 50)}
 
 
 class BuildError(Exception):
@@ -57,10 +62,15 @@ def get_args_parser():
                    help=f"decode/encode processes (default: {multiprocessing.cpu_count()}, the CPU count)")
     p.add_argument("--seed", type=int, default=0, help="shuffle seed, and the demo set's seed (default: 0)")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality of re-encoded images (default: 90)")
-    p.add_argument("--demo-train-per-class", type=int, default=130,
-                   help="demo set: training images per class, 10 classes (default: 130)")
-    p.add_argument("--demo-val-per-class", type=int, default=30,
-                   help="demo set: validation images per class (default: 30)")
+    p.add_argument("--demo-set", choices=sorted(sources.DEMO_SETS), default="colours",
+                   help="embedded set to build without --src: colours (the demo set, learnable from colour) or "
+                        "shapes (the ablation set: the class is an object's shape) (default: colours)")
+    p.add_argument("--demo-train-per-class", type=int, default=None,
+                   help="embedded set: training images per class, 10 classes "
+                        f"(default: {DEMO_PER_CLASS['colours'][0]} colours, {DEMO_PER_CLASS['shapes'][0]} shapes)")
+    p.add_argument("--demo-val-per-class", type=int, default=None,
+                   help="embedded set: validation images per class "
+                        f"(default: {DEMO_PER_CLASS['colours'][1]} colours, {DEMO_PER_CLASS['shapes'][1]} shapes)")
     p.add_argument("--resume", action="store_true", help="continue an unfinished build in --out (default: off)")
     p.add_argument("--verify", action="store_true",
                    help="only re-read the shards in --out and check them against the manifest (default: off)")
@@ -82,6 +92,7 @@ def settings_of(args):
             "val_labels": str(args.val_labels.resolve()) if args.val_labels else None,
             "size": args.size, "center_crop": args.center_crop, "shard_size": str(args.shard_size),
             "seed": args.seed, "quality": args.quality,
+            "demo_set": None if args.src else args.demo_set,
             "demo_train_per_class": None if args.src else args.demo_train_per_class,
             "demo_val_per_class": None if args.src else args.demo_val_per_class}
 
@@ -115,6 +126,8 @@ def _open_build(args, source):
     if mf.manifest_path(out).is_file():
         old = mf.load(out, require_complete=False)
         theirs = {k: v for k, v in old["build"].items() if k != "versions"}
+        if "demo_set" not in theirs:  # built before there was a choice: the colours set
+            theirs["demo_set"] = None if theirs.get("src") else "colours"
         diff = [k for k, v in settings_of(args).items() if theirs.get(k) != v]
         if diff:
             raise BuildError(f"--out {out} holds a build with different settings ("
@@ -186,7 +199,7 @@ def build(args):
     if args.src is None:
         if args.demo_train_per_class < 1 or args.demo_val_per_class < 0:
             raise BuildError("--demo-train-per-class must be >= 1 and --demo-val-per-class >= 0.")
-        source = sources.demo(args.demo_train_per_class, args.demo_val_per_class)
+        source = sources.demo(args.demo_train_per_class, args.demo_val_per_class, args.demo_set)
     else:
         source = sources.imagenet(args.src, args.val_labels)
     man = _open_build(args, source)
@@ -196,7 +209,7 @@ def build(args):
     if man["classes"] != source["classes"]:
         raise BuildError(f"--out {args.out}: the unfinished build has other classes than --src now has. "
                          "Delete it to start over.")
-    print(f"building {'demo set' if args.src is None else args.src} -> {args.out}: "
+    print(f"building {f'embedded {args.demo_set} set' if args.src is None else args.src} -> {args.out}: "
           + ", ".join(f"{s} {len(source['splits'][s])} inputs" for s in SPLITS) + f", {len(man['classes'])} classes")
     start = time.time()
     seen = sum(s["num_samples"] for s in man["splits"].values())
@@ -226,6 +239,11 @@ def build(args):
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
+    train_default, val_default = DEMO_PER_CLASS[args.demo_set]
+    if args.demo_train_per_class is None:
+        args.demo_train_per_class = train_default
+    if args.demo_val_per_class is None:
+        args.demo_val_per_class = val_default
     try:
         if args.verify:
             problems = mf.verify(args.out)

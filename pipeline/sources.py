@@ -5,7 +5,7 @@ index = position of the wnid in the sorted list of train class folders (torchvis
 import csv
 from pathlib import Path
 
-from pipeline import demo_data
+from pipeline import demo_data, shapes_data
 
 
 class SourceError(Exception):
@@ -110,16 +110,29 @@ def imagenet(src, val_labels=None):
     return {"classes": classes, "names": class_names(src, classes), "splits": {"train": train, "val": val}}
 
 
-def demo(train_per_class, val_per_class):
-    return {"classes": list(demo_data.DEMO_CLASSES), "names": list(demo_data.DEMO_NAMES),
-            "splits": {"train": demo_data.demo_inputs("train", train_per_class),
-                       "val": demo_data.demo_inputs("val", val_per_class)}}
+# The embedded sets: "colours" (the demo set, solvable from mean colour) and "shapes" (the ablation set, where the
+# class is an object's shape). Each: (classes, names, inputs(split, per_class)).
+DEMO_SETS = {
+    "colours": (demo_data.DEMO_CLASSES, demo_data.DEMO_NAMES, demo_data.demo_inputs),
+    "shapes": (shapes_data.SHAPES_CLASSES, shapes_data.SHAPES_NAMES, shapes_data.shapes_inputs),
+}
+
+
+def demo(train_per_class, val_per_class, demo_set="colours"):
+    if demo_set not in DEMO_SETS:
+        raise SourceError(f"--demo-set {demo_set!r}: choose one of {', '.join(DEMO_SETS)}.")
+    classes, names, inputs = DEMO_SETS[demo_set]
+    return {"classes": list(classes), "names": list(names),
+            "splits": {"train": inputs("train", train_per_class), "val": inputs("val", val_per_class)}}
 
 
 def read_input(name, label, num_classes, seed):
-    """The raw bytes of one input (generated for demo inputs)."""
+    """The raw bytes of one input (generated for the embedded sets' inputs)."""
     if name.startswith("demo:"):
         split, _, number = name[len("demo:"):].split("/")
         return demo_data.demo_jpeg(split, int(number), label, num_classes, seed)
+    if name.startswith(shapes_data.PREFIX):
+        split, _, number = name[len(shapes_data.PREFIX):].split("/")
+        return shapes_data.shapes_jpeg(split, int(number), label, seed)
     with open(name, "rb") as f:
         return f.read()
