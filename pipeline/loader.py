@@ -8,7 +8,8 @@
 
 Training is the paper's: a random crop x crop of the image scaled to `resize` on its shorter side (256 for 224),
 a horizontal flip with p=0.5, PCA lighting noise (alpha ~ N(0, 0.1) per image, the eigen-decomposition from the
-manifest), then mean/std normalisation. Evaluation: the centre crop, or the paper's ten patches (four corners and
+manifest), then mean/std normalisation; crop_flip=False trains on the centre crop, never flipped (the ablation's "no
+augmentation"; lighting has its own switch). Evaluation: the centre crop, or the paper's ten patches (four corners and
 the centre, each also flipped) as (N, 10, 3, crop, crop).
 
 Epochs: a training pipeline lives across consecutive epochs (its shuffle buffer and random streams simply go on),
@@ -54,7 +55,7 @@ def _lighting_mean(mean, stats, strength):
 
 @pipeline_def
 def _pipeline(tars, idxs, *, mixed, train, crop, resize, ten_crop, rrc, shard_id, num_shards, stats, lighting,
-              half, initial_fill, hw_decoder_load, roi_decode):
+              half, initial_fill, hw_decoder_load, roi_decode, crop_flip):
     jpegs, labels, indices = fn.readers.webdataset(
         paths=tars, index_paths=idxs, ext=["jpg", "cls64", "idx64"],
         dtypes=[types.UINT8, types.INT64, types.INT64], missing_component_behavior="error",
@@ -66,6 +67,8 @@ def _pipeline(tars, idxs, *, mixed, train, crop, resize, ten_crop, rrc, shard_id
     mean, std = stats["mean"], stats["std"]
     dtype = types.FLOAT16 if half else types.FLOAT
     random_pos = dict(crop_pos_x=fn.random.uniform(range=(0.0, 1.0)), crop_pos_y=fn.random.uniform(range=(0.0, 1.0)))
+    if not crop_flip:  # training without the paper's translations and reflections: the centre crop, never mirrored
+        random_pos = dict(crop_pos_x=0.5, crop_pos_y=0.5)
     if train and rrc:  # the modern alternative: random-resized crop (Inception-style), decoded only where cropped
         images = fn.decoders.image_random_crop(jpegs, output_type=types.RGB, random_area=[0.08, 1.0],
                                                random_aspect_ratio=[3 / 4, 4 / 3], **decode)
@@ -81,7 +84,7 @@ def _pipeline(tars, idxs, *, mixed, train, crop, resize, ten_crop, rrc, shard_id
     normalise = dict(crop=(crop, crop), std=std, dtype=dtype, output_layout="CHW", out_of_bounds_policy="pad")
     if train:
         out = fn.crop_mirror_normalize(
-            images, mirror=fn.random.coin_flip(probability=0.5), **random_pos,
+            images, mirror=fn.random.coin_flip(probability=0.5) if crop_flip else 0, **random_pos,
             mean=_lighting_mean(mean, stats, lighting) if lighting > 0 else mean, **normalise)
     elif ten_crop:
         out = fn.stack(*[fn.crop_mirror_normalize(images, crop_pos_x=x, crop_pos_y=y, mirror=m, mean=mean, **normalise)
@@ -102,7 +105,7 @@ class DaliLoader:
     def __init__(self, data_dir, split, batch_size, *, shard_id=0, num_shards=1, device="cpu", device_id=None,
                  train=True, crop=224, resize=None, ten_crop=False, random_resized_crop=False, lighting=0.1,
                  dtype="float32", seed=0, epoch=0, num_threads=None, initial_fill=1024, verify=False,
-                 hw_decoder_load=0.65, prefetch=2, roi_decode=True):
+                 hw_decoder_load=0.65, prefetch=2, roi_decode=True, crop_flip=True):
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
         if dtype not in ("float32", "float16", "bfloat16"):
@@ -111,6 +114,8 @@ class DaliLoader:
             raise ValueError(f"shard_id {shard_id} is not in [0, num_shards={num_shards})")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if random_resized_crop and not crop_flip:
+            raise ValueError("random_resized_crop=True is a random crop: it cannot be combined with crop_flip=False")
         self.manifest = mf.load(data_dir)
         files = mf.split_files(data_dir, self.manifest, split)
         problems = [p for tar, idx, entry in files for p in mf.check_shard(tar, idx, entry, deep=verify)]
@@ -144,7 +149,7 @@ class DaliLoader:
             resize=None if (built == resize and not self.manifest["build"]["center_crop"]) else resize,
             shard_id=shard_id, num_shards=num_shards, stats=self.manifest["stats"], lighting=lighting,
             half=dtype == "float16", initial_fill=min(initial_fill, max(1, self.shard_samples)),
-            hw_decoder_load=hw_decoder_load, roi_decode=roi_decode)
+            hw_decoder_load=hw_decoder_load, roi_decode=roi_decode, crop_flip=crop_flip)
         self.prefetch = prefetch
         self._iter = None  # the live DALI iterator
         self._next_epoch = None  # the epoch the live training pipeline would produce next
