@@ -80,3 +80,15 @@ def write_outputs(run_dir, final_metrics, conv1_weight, *, workers, devices):
     if conv1_weight is not None:
         plot_conv1(conv1_weight, paths["kernels"])
     return summary, paths
+
+
+def write_figures(run_dir, history, conv1_weight):
+    """learning_curves.png and conv1_kernels.png in run_dir; returns the paths written."""
+    run_dir, paths = Path(run_dir), []
+    if history:
+        paths.append(run_dir / "learning_curves.png")
+        plot_learning_curves(history, paths[-1])
+    if conv1_weight is not None:
+        paths.append(run_dir / "conv1_kernels.png")
+        plot_conv1(conv1_weight, paths[-1])
+    return paths

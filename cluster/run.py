@@ -1,0 +1,80 @@
+"""The driver's part of a run: start Ray Train with the resolved TrainConfig, and turn what the workers reported into
+the run's outputs (summary.json and figures, beside the metrics and events the callback wrote during the run)."""
+import json
+import sys
+from pathlib import Path
+
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from cluster import report
+from cluster.outputs import EVENTS_FILE, METRICS_FILE, RunOutputs, read_jsonl
+from cluster.train import CHECKPOINT_FILE, train_loop_per_worker
+
+
+def make_trainer(cfg, callback):
+    resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {})}
+    # elastic: (min, max) replicas; Ray restarts the group smaller after a lost node and larger when it returns
+    num_workers = cfg.workers if cfg.min_workers == cfg.workers else (cfg.min_workers, cfg.workers)
+    return TorchTrainer(
+        train_loop_per_worker, train_loop_config={"config": cfg},
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources),
+        torch_config=TorchConfig(backend=cfg.backend),
+        run_config=RunConfig(name=cfg.name, storage_path=cfg.storage, callbacks=[callback],
+                             failure_config=FailureConfig(max_failures=cfg.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             logging_config=LoggingConfig(log_level="WARNING")))
+
+
+def checkpoint_uri(checkpoint):
+    """Where a Ray checkpoint lives, as a path (local storage) or a URI (s3://..., gs://...)."""
+    kind = getattr(checkpoint.filesystem, "type_name", "local")
+    return checkpoint.path if kind == "local" else f"{kind}://{checkpoint.path}"
+
+
+def summarise(cfg, history, events, checkpoint):
+    last = history[-1] if history else {}
+    failures = [e for e in events if e["event"] == "failure"]
+    return {
+        **{k: last.get(k) for k in ("val_top1_error", "val_top5_error", "val_top1_error_10crop",
+                                    "val_top5_error_10crop", "train_loss", "train_top1_error", "images_per_second",
+                                    "lr")},
+        "epochs": last.get("epoch", 0),
+        "workers": cfg.workers, "min_workers": cfg.min_workers,
+        "replicas_per_epoch": [h.get("replicas") for h in history],
+        "failures": len(failures), "nodes_lost": sum(e.get("node_lost", False) for e in failures),
+        "devices": f"{cfg.gpus_per_worker:g} GPU(s) per worker" if cfg.use_gpu else "CPU",
+        "preset": cfg.preset, "checkpoint": checkpoint_uri(checkpoint) if checkpoint else None,
+    }
+
+
+def fit(cfg):
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save(run_dir)
+    callback = RunOutputs(run_dir)
+    storage = cfg.storage if cfg.storage != cfg.output_dir else "the run folder"
+    print(f"training {cfg.workers} replica(s) on {cfg.data} -> {run_dir} (checkpoints: {storage})", flush=True)
+    try:
+        result = make_trainer(cfg, callback).fit()
+    except Exception as e:  # Ray wraps the worker's error; its message carries the worker traceback
+        print(f"error: training failed: {e}", file=sys.stderr)
+        return 1
+    history, events = read_jsonl(run_dir / METRICS_FILE), read_jsonl(run_dir / EVENTS_FILE)
+    summary = summarise(cfg, history, events, result.checkpoint)
+    conv1 = None
+    if result.checkpoint is not None:
+        import torch
+        with result.checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        conv1 = state["model"]["conv1.weight"].numpy()
+    paths = report.write_figures(run_dir, history, conv1)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    if summary["failures"]:
+        lost = f", {summary['nodes_lost']} of them a lost node" if summary["nodes_lost"] else ""
+        print(f"{summary['failures']} failure(s) during the run{lost}; replicas per epoch: "
+              f"{summary['replicas_per_epoch']} (see {run_dir / EVENTS_FILE})")
+    print(json.dumps(summary, indent=1))
+    print("outputs: " + ", ".join(str(p) for p in [run_dir / "summary.json", run_dir / METRICS_FILE, *paths]))
+    return 0
+
