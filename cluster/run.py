@@ -1,15 +1,15 @@
 """The driver's part of a run: start Ray Train with the resolved TrainConfig, and turn what the workers reported into
 the run's outputs (summary.json and figures, beside the metrics and events the callback wrote during the run)."""
+import dataclasses
 import json
 import sys
-from pathlib import Path
 
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from cluster import report
 from cluster.outputs import EVENTS_FILE, METRICS_FILE, RunOutputs, read_jsonl
-from cluster.train import CHECKPOINT_FILE, train_loop_per_worker
+from cluster.train import train_loop_per_worker
 
 
 def make_trainer(cfg, callback):
@@ -32,20 +32,14 @@ def checkpoint_uri(checkpoint):
     return checkpoint.path if kind == "local" else f"{kind}://{checkpoint.path}"
 
 
-def summarise(cfg, history, events, checkpoint):
-    last = history[-1] if history else {}
+def run_facts(cfg, history, events):
+    """What the summary says beyond the last epoch's metrics: replicas, failures, lost nodes, devices."""
     failures = [e for e in events if e["event"] == "failure"]
-    return {
-        **{k: last.get(k) for k in ("val_top1_error", "val_top5_error", "val_top1_error_10crop",
-                                    "val_top5_error_10crop", "train_loss", "train_top1_error", "images_per_second",
-                                    "lr")},
-        "epochs": last.get("epoch", 0),
-        "workers": cfg.workers, "min_workers": cfg.min_workers,
-        "replicas_per_epoch": [h.get("replicas") for h in history],
-        "failures": len(failures), "nodes_lost": sum(e.get("node_lost", False) for e in failures),
-        "devices": f"{cfg.gpus_per_worker:g} GPU(s) per worker" if cfg.use_gpu else "CPU",
-        "preset": cfg.preset, "checkpoint": checkpoint_uri(checkpoint) if checkpoint else None,
-    }
+    return {"workers": cfg.workers, "min_workers": cfg.min_workers,
+            "replicas_per_epoch": [h.get("replicas") for h in history],
+            "failures": len(failures), "nodes_lost": sum(e.get("node_lost", False) for e in failures),
+            "devices": f"{cfg.gpus_per_worker:g} GPU(s) per worker" if cfg.use_gpu else "CPU",
+            "preset": cfg.preset}
 
 
 def fit(cfg):
@@ -61,20 +55,21 @@ def fit(cfg):
         print(f"error: training failed: {e}", file=sys.stderr)
         return 1
     history, events = read_jsonl(run_dir / METRICS_FILE), read_jsonl(run_dir / EVENTS_FILE)
-    summary = summarise(cfg, history, events, result.checkpoint)
-    conv1 = None
-    if result.checkpoint is not None:
-        import torch
-        with result.checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-        conv1 = state["model"]["conv1.weight"].numpy()
-    paths = report.write_figures(run_dir, history, conv1)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    facts = run_facts(cfg, history, events)
+    if result.checkpoint is None:
+        print("error: the run left no checkpoint (see above)", file=sys.stderr)
+        return 1
+    try:  # summary.json and the curves come first: a figure that fails (shards gone) leaves them in place
+        summary, paths = report.write_all(run_dir, facts, checkpoint_uri(result.checkpoint), dataclasses.asdict(cfg),
+                                          log=print)
+    except report.ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     if summary["failures"]:
         lost = f", {summary['nodes_lost']} of them a lost node" if summary["nodes_lost"] else ""
         print(f"{summary['failures']} failure(s) during the run{lost}; replicas per epoch: "
               f"{summary['replicas_per_epoch']} (see {run_dir / EVENTS_FILE})")
     print(json.dumps(summary, indent=1))
-    print("outputs: " + ", ".join(str(p) for p in [run_dir / "summary.json", run_dir / METRICS_FILE, *paths]))
+    print("outputs: " + ", ".join(str(p) for p in paths.values() if p.exists()))
     return 0
 
