@@ -37,6 +37,7 @@ class RunOutputs(UserCallback):
     def __init__(self, run_dir):
         self.run_dir = str(run_dir)
         self._tb = None
+        self._nodes = []  # rank -> node id, from the latest report
 
     def _writer(self, first_epoch):
         if self._tb is None:
@@ -47,7 +48,7 @@ class RunOutputs(UserCallback):
 
     def after_report(self, run_context, metrics, checkpoint):
         row = {k: v for k, v in metrics[0].items() if k not in PER_RANK_KEYS}
-        row["nodes"] = [m.get("node") for m in metrics]
+        row["nodes"] = self._nodes = [m.get("node") for m in metrics]
         path = Path(self.run_dir) / METRICS_FILE
         rows = [r for r in read_jsonl(path) if r["epoch"] < row["epoch"]] + [row]
         write_jsonl(path, rows)
@@ -58,10 +59,13 @@ class RunOutputs(UserCallback):
         tb.flush()
 
     def after_exception(self, run_context, worker_exceptions):
+        """One line per failure: each failed rank's error and the node it last ran on. Whether that node was lost
+        is decided later (mark_lost_nodes): when a raylet is killed the health check fails within a second or two,
+        long before the cluster marks the node dead."""
+        ranks = {str(rank): {"error": _describe(e), "node": self._nodes[rank] if rank < len(self._nodes) else None}
+                 for rank, e in sorted(worker_exceptions.items())}
         event = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "event": "failure",
-                 "epochs_done": len(read_jsonl(Path(self.run_dir) / METRICS_FILE)),
-                 "ranks": {str(rank): _describe(e) for rank, e in sorted(worker_exceptions.items())}}
-        event["node_lost"] = any(_is_node_loss(e) for e in worker_exceptions.values())
+                 "epochs_done": len(read_jsonl(Path(self.run_dir) / METRICS_FILE)), "ranks": ranks}
         with open(Path(self.run_dir) / EVENTS_FILE, "a") as f:
             f.write(json.dumps(event) + "\n")
 
@@ -72,13 +76,18 @@ class RunOutputs(UserCallback):
 
 
 def _describe(exc):
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+    text = " ".join(line.strip() for line in str(exc).strip().splitlines())
+    return f"{type(exc).__name__}: {text}"[:400]
 
 
-def _is_node_loss(exc):
-    """A worker whose node (raylet) died, as opposed to an error raised in the training code."""
-    from ray.exceptions import ActorDiedError, NodeDiedError
-    text = str(exc).lower()
-    return isinstance(exc, NodeDiedError) or (isinstance(exc, ActorDiedError) and "node" in text) or \
-        "node has died" in text or "raylet" in text
+def mark_lost_nodes(run_dir, dead_nodes):
+    """Set each failure event's node_lost (a failed rank ran on a node the cluster now lists as dead) and rewrite
+    events.jsonl; returns the events. Called by the driver after the run, when the cluster knows which died."""
+    path = Path(run_dir) / EVENTS_FILE
+    events = read_jsonl(path)
+    for event in events:
+        if event["event"] == "failure":
+            event["node_lost"] = any(r.get("node") in dead_nodes for r in event["ranks"].values())
+    if events:
+        write_jsonl(path, events)
+    return events

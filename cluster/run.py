@@ -4,11 +4,12 @@ import dataclasses
 import json
 import sys
 
+import ray
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from cluster import report
-from cluster.outputs import EVENTS_FILE, METRICS_FILE, RunOutputs, read_jsonl
+from cluster.outputs import EVENTS_FILE, METRICS_FILE, RunOutputs, mark_lost_nodes, read_jsonl
 from cluster.train import train_loop_per_worker
 
 
@@ -32,12 +33,13 @@ def checkpoint_uri(checkpoint):
     return checkpoint.path if kind == "local" else f"{kind}://{checkpoint.path}"
 
 
-def run_facts(cfg, history, events):
+def run_facts(cfg, history, events, dead_nodes):
     """What the summary says beyond the last epoch's metrics: replicas, failures, lost nodes, devices."""
     failures = [e for e in events if e["event"] == "failure"]
+    lost = {r["node"] for e in failures for r in e["ranks"].values() if r.get("node") in dead_nodes}
     return {"workers": cfg.workers, "min_workers": cfg.min_workers,
             "replicas_per_epoch": [h.get("replicas") for h in history],
-            "failures": len(failures), "nodes_lost": sum(e.get("node_lost", False) for e in failures),
+            "failures": len(failures), "nodes_lost": len(lost),
             "devices": f"{cfg.gpus_per_worker:g} GPU(s) per worker" if cfg.use_gpu else "CPU",
             "preset": cfg.preset}
 
@@ -54,8 +56,9 @@ def fit(cfg):
     except Exception as e:  # Ray wraps the worker's error; its message carries the worker traceback
         print(f"error: training failed: {e}", file=sys.stderr)
         return 1
-    history, events = read_jsonl(run_dir / METRICS_FILE), read_jsonl(run_dir / EVENTS_FILE)
-    facts = run_facts(cfg, history, events)
+    dead = {n["NodeID"] for n in ray.nodes() if not n["Alive"]}
+    history, events = read_jsonl(run_dir / METRICS_FILE), mark_lost_nodes(run_dir, dead)
+    facts = run_facts(cfg, history, events, dead)
     if result.checkpoint is None:
         print("error: the run left no checkpoint (see above)", file=sys.stderr)
         return 1

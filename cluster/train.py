@@ -9,7 +9,6 @@ driver's side from what workers report (cluster/outputs.py), and checkpoints go 
 on any node, and the storage may be a shared path or a cloud URI.
 """
 import os
-import socket
 import sys
 import tempfile
 
@@ -109,7 +108,7 @@ def train_loop_per_worker(loop_config):
         log(f"{world} replica(s), global batch {global_batch}, peak lr {peak_lr:g}"
             + (f"; resuming at epoch {start_epoch + 1} from the latest checkpoint" if start_epoch else ""))
     before_step = _failure_hook(cfg, rank, start_epoch)
-    node = socket.gethostname() + ":" + ray.get_runtime_context().get_node_id()[:8]
+    node = ray.get_runtime_context().get_node_id()
     for epoch in range(start_epoch, cfg.epochs):
         train_loader.set_epoch(epoch)  # the order of epoch e is a function of (seed, e, rank, world)
         metrics = train_one_epoch(trainable, opt, train_loader, epoch=epoch, schedule=schedule, peak_lr=peak_lr,
