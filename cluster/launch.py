@@ -42,6 +42,9 @@ def get_args_parser():
     a("--min-workers", type=int, default=None,
       help="elastic: keep training with as few as this many replicas when nodes are lost, and grow back to "
            "--workers when they return (default: --workers, not elastic)")
+    a("--resize-check-s", type=float, default=60.0,
+      help="elastic runs: seconds between looks for room to grow back to --workers; growing restarts the replicas "
+           "from the latest checkpoint (default: 60)")
     a("--gpus-per-worker", type=float, default=None,
       help="GPUs per replica: 2 puts the columns on two GPUs, 1 both on one, a fraction such as 0.5 lets replicas "
            "share a GPU (with gloo) (default: 2 with GPUs, 0 without)")

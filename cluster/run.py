@@ -19,7 +19,8 @@ def make_trainer(cfg, callback):
     num_workers = cfg.workers if cfg.min_workers == cfg.workers else (cfg.min_workers, cfg.workers)
     return TorchTrainer(
         train_loop_per_worker, train_loop_config={"config": cfg},
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources,
+                                     elastic_resize_monitor_interval_s=cfg.resize_check_s),
         torch_config=TorchConfig(backend=cfg.backend),
         run_config=RunConfig(name=cfg.name, storage_path=cfg.storage, callbacks=[callback],
                              failure_config=FailureConfig(max_failures=cfg.max_failures),

@@ -11,8 +11,8 @@ from pipeline import manifest as mf
 # Flags that may differ from the saved config on --resume: where and how the run goes on, not what it computes.
 # (--workers/--min-workers re-apply the lr rule in the workers, which read the world size they get.)
 CHANGEABLE_ON_RESUME = ("epochs", "max_failures", "print_freq", "address", "wait_for_resources", "workers",
-                        "min_workers", "cpus_per_worker", "gpus_per_worker", "threads", "backend", "column1_device",
-                        "compile", "inject_failure")
+                        "min_workers", "resize_check_s", "cpus_per_worker", "gpus_per_worker", "threads", "backend",
+                        "column1_device", "compile", "inject_failure")
 RUN_IDENTITY = ("name", "output_dir", "resume")  # they pick the run to resume
 FLAG_TO_FIELD = {"lr": "base_lr"}  # the one flag whose config field has another name
 
@@ -64,6 +64,7 @@ def new_config(args, default_data):
         random_resized_crop=args.random_resized_crop, base_lr=args.lr, lr_scaling=args.lr_scaling,
         warmup_epochs=warmup, momentum=args.momentum, wd=args.wd, lr_schedule=args.lr_schedule,
         lr_step_size=args.lr_step_size, seed=args.seed, workers=args.workers, min_workers=min_workers,
+        resize_check_s=args.resize_check_s,
         gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
         column1_device=args.column1_device, backend=args.backend, threads=args.threads, amp=args.amp,
         compile=args.compile, name=args.name, output_dir=str(output_dir),
@@ -118,6 +119,8 @@ def check(cfg, manifest):
     if gpus is not None and not (gpus == 0 or 0 < gpus <= 1 or gpus == 2):
         raise LaunchError(f"--gpus-per-worker must be 0, a fraction up to 1, or 2 (one replica spans at most two "
                           f"GPUs), got {gpus:g}")
+    if cfg.resize_check_s < 0:
+        raise LaunchError(f"--resize-check-s must be >= 0, got {cfg.resize_check_s:g}")
     if cfg.warmup_epochs < 0:
         raise LaunchError(f"--warmup-epochs must be >= 0, got {cfg.warmup_epochs}")
     per_shard = manifest["splits"]["train"]["num_samples"] // cfg.workers

@@ -133,3 +133,14 @@ def test_elastic_run_goes_on_with_the_replicas_that_fit(cluster, demo_shards, tm
         assert r["lr"] == pytest.approx(0.01 * 8 * r["replicas"] / 128)  # the lr rule re-applied
     summary = json.loads((tmp_path / "mn" / "summary.json").read_text())
     assert summary["replicas_per_epoch"] == replicas and summary["nodes_lost"] >= 1
+
+
+def test_elastic_run_grows_back_when_a_node_returns(cluster, demo_shards, tmp_path):
+    add_nodes(cluster, 2)  # room for 2 of the 3 replicas asked for: an elastic run starts with what fits
+    proc = start_launcher(cluster, demo_shards, tmp_path, "--workers", 3, "--min-workers", 2, "--epochs", 6,
+                          "--resize-check-s", 5)
+    assert wait_for_epochs(proc, tmp_path / "mn", 1)[0]["replicas"] == 2
+    add_nodes(cluster, 1)
+    finish(proc)
+    replicas = [r["replicas"] for r in rows(tmp_path / "mn")]
+    assert len(replicas) == 6 and replicas[0] == 2 and replicas[-1] == 3 and replicas == sorted(replicas)
