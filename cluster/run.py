@@ -3,6 +3,7 @@ the run's outputs (summary.json and figures, beside the metrics and events the c
 import dataclasses
 import json
 import sys
+import textwrap
 
 import ray
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
@@ -49,6 +50,8 @@ def fit(cfg):
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir)
+    settings = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items())
+    print(textwrap.fill(f"config ({run_dir / 'config.json'}): {settings}", width=120, subsequent_indent="  "))
     callback = RunOutputs(run_dir)
     storage = cfg.storage if cfg.storage != cfg.output_dir else "the run folder"
     print(f"training {cfg.workers} replica(s) on {cfg.data} -> {run_dir} (checkpoints: {storage})", flush=True)
