@@ -74,8 +74,49 @@ def test_published_ports_bind_localhost_only():
         for name, svc in load(doc)["services"].items():
             for port in svc.get("ports", []):
                 assert str(port).startswith("127.0.0.1:"), f"{doc} {name} publishes {port}"
-    assert load("docker/rayjob.yaml")["spec"]["rayClusterSpec"]["headGroupSpec"]["rayStartParams"]["dashboard-host"] \
-        == "127.0.0.1"
+    ports = [expand(p) for p in load("compose.yaml")["services"]["ray-head"]["ports"]]
+    assert ports == ["127.0.0.1:8265:8265", "127.0.0.1:10001:10001"]
+    assert expand(load("compose.yaml")["services"]["ray-head"]["ports"][0], {"DASHBOARD_PORT": "0"}) \
+        == "127.0.0.1:0:8265"  # any free host port (the docker test's), still on 127.0.0.1
+
+
+def merged_services(*docs):
+    """The services of `docker compose -f a -f b`, as far as image and build go (later files override keys)."""
+    merged = {}
+    for doc in docs:
+        for name, svc in load(doc)["services"].items():
+            merged.setdefault(name, {}).update({k: v for k, v in svc.items() if k in ("image", "build")})
+    return merged
+
+
+@pytest.mark.parametrize("docs", [("compose.yaml",), ("compose.yaml", "compose.gpu.yaml")])
+def test_image_is_built_once_and_never_pulled(docs):
+    services = merged_services(*docs)
+    builders = [name for name, svc in services.items() if "build" in svc]
+    assert builders == ["ray-head"], f"{docs}: services that build the image: {builders}"
+    assert len({expand(svc["image"]) for svc in services.values()}) == 1, services  # one image for all
+    base = load("compose.yaml")["services"]
+    for name, svc in base.items():
+        assert svc["pull_policy"] == "never", name  # no registry has it: compose builds it before any container
+        if name != "ray-head":  # `docker compose up trainer` must bring in (and build) ray-head too
+            assert "ray-head" in svc["depends_on"], name
+
+
+def test_trainer_output_has_no_per_report_ray_info_lines():
+    # Ray Train V2 logs "Reporting training result ..." at INFO on every report of every rank, past LoggingConfig
+    for name, svc in load("compose.yaml")["services"].items():
+        assert svc["environment"]["RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING"] == "0", name
+
+
+def test_kuberay_dashboard_reachable_in_cluster_only():
+    cluster = load("docker/rayjob.yaml")["spec"]["rayClusterSpec"]
+    head = cluster["headGroupSpec"]
+    # the job submitter talks to the head service on 8265: the dashboard must listen on the pod's address
+    assert head["rayStartParams"]["dashboard-host"] == "0.0.0.0"
+    # ... and that service must never leave the cluster; the job API needs Ray's token inside it
+    assert head["serviceType"] == "ClusterIP" and head["enableIngress"] is False
+    assert "headService" not in head  # a custom service could set another type
+    assert cluster["authOptions"]["mode"] == "token"
 
 
 def test_gpu_override_reserves_two_gpus_per_worker():
