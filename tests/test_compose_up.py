@@ -69,6 +69,7 @@ def test_compose_up_trains_and_leaves_a_summary(compose_project):
     cat = compose_project("run", "--rm", "--no-deps", "-T", "trainer", "cat", f"/runs/{RUN_NAME}/summary.json")
     assert cat.returncode == 0, cat.stdout + cat.stderr
     summary = json.loads(cat.stdout)
+    print(f"summary.json: {json.dumps(summary)}")  # shown with -rP: the run's numbers, for the record
     assert summary["epochs"] == 2 and summary["workers"] == 2 and summary["devices"] == "CPU", summary
     for key in ("val_top1_error", "val_top5_error", "val_top1_error_10crop"):
         assert 0 <= summary[key] <= 1, (key, summary)

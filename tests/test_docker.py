@@ -138,7 +138,7 @@ def test_kuberay_manifest_shape():
 def test_dockerfile_copies_and_runs_what_exists():
     text = (ROOT / "docker" / "Dockerfile").read_text()
     for line in text.splitlines():
-        if line.startswith("COPY "):
+        if line.startswith("COPY ") and "--from=" not in line:  # --from copies out of an earlier stage
             for src in line.split()[1:-1]:
                 assert (ROOT / src).exists(), src
     assert re.search(r"^USER (?!root)\w+", text, re.M)
@@ -149,6 +149,15 @@ def test_dockerfile_copies_and_runs_what_exists():
     for pin in (ROOT / "docker" / "constraints.txt").read_text().split():
         if "==" in pin:
             assert re.fullmatch(r"[\w.-]+==[\w.]+", pin), pin
+
+
+def test_dependency_layer_does_not_depend_on_readme_or_code():
+    # torch, DALI and Ray take minutes to reinstall: only the dependency list and the pins may key that layer
+    lines = (ROOT / "docker" / "Dockerfile").read_text().splitlines()
+    final = lines[max(i for i, line in enumerate(lines) if line.startswith("FROM ")):]
+    install = next(i for i, line in enumerate(final) if "-r requirements.txt" in line)
+    copied = [w for line in final[:install] if line.startswith("COPY ") for w in line.split()[1:-1]]
+    assert copied == ["docker/constraints.txt", "--from=requirements", "/tmp/requirements.txt"], copied
 
 
 def test_dockerignore_keeps_data_runs_and_venvs_out():
