@@ -46,9 +46,15 @@ def test_services_commands_and_health():
     assert "ray start --head --block" in head["command"] and head["healthcheck"]["test"][1:3] == ["ray", "health-check"]
     for name in ("ray-worker", "trainer"):
         assert services[name]["depends_on"]["ray-head"]["condition"] == "service_healthy"
-    assert "--address=ray-head:6379" in services["ray-worker"]["command"]
-    trainer = " ".join(services["trainer"]["command"])
-    assert "pipeline/build_shards.py --out /data/shards" in trainer and "manifest.json" in trainer
+    worker, trainer = (" ".join(services[name]["command"]) for name in ("ray-worker", "trainer"))
+    assert "exec ray start --address=ray-head:6379 --block" in worker
+    assert "pipeline/build_shards.py --out /data/shards --resume" in trainer
+    # the trainer builds unless finished shards are there; the worker joins once they are (see compose.yaml)
+    finished = "manifest.load('/data/shards')"
+    assert f"if ! python -c \"from pipeline import manifest; {finished}\"" in trainer
+    assert f"until python -c \"from pipeline import manifest; {finished}\"" in worker
+    gpu_worker = " ".join(load("compose.gpu.yaml")["services"]["ray-worker"]["command"])
+    assert f"until python -c \"from pipeline import manifest; {finished}\"" in gpu_worker
 
 
 def test_trainer_flags_are_accepted_by_launch():
@@ -123,7 +129,7 @@ def test_gpu_override_reserves_two_gpus_per_worker():
     worker = load("compose.gpu.yaml")["services"]["ray-worker"]
     (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
     assert device["count"] == 2 and device["capabilities"] == ["gpu"]
-    assert "--num-gpus=2" in worker["command"]
+    assert "--num-gpus=2" in " ".join(worker["command"])
     assert load("compose.yaml")["services"]["ray-worker"].get("deploy") is None  # the default needs no GPU
 
 
