@@ -19,6 +19,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 RUN_NAME = "compose-test"
 UP_TIMEOUT_S = 3600  # a hang guard for a first build on a slow machine, not a speed target
+# Ray gives a starting node a fixed 30 s to register (ray/_private/node.py); on a heavily shared machine a head or
+# worker container can miss it, which ends the whole `up`. Only that failure earns one clean retry.
+NODE_START_TIMEOUT = "The current node timed out during startup"
 
 
 def docker_missing():
@@ -59,9 +62,14 @@ def compose_project():
 @pytest.mark.docker
 @pytest.mark.slow
 def test_compose_up_trains_and_leaves_a_summary(compose_project):
-    # --build: the image is rebuilt from this tree (cached layers when nothing changed), never a stale one
-    up = compose_project("up", "--build", "--exit-code-from", "trainer", timeout=UP_TIMEOUT_S)
-    out = up.stdout + up.stderr
+    for attempt in (1, 2):
+        # --build: the image is rebuilt from this tree (cached layers when nothing changed), never a stale one
+        up = compose_project("up", "--build", "--exit-code-from", "trainer", timeout=UP_TIMEOUT_S)
+        out = up.stdout + up.stderr
+        if up.returncode == 0 or NODE_START_TIMEOUT not in out or attempt == 2:
+            break
+        print(f"attempt {attempt}: a Ray node missed its 30 s start window; retrying from a clean project")
+        compose_project("down", "-v", "--remove-orphans", "--timeout", "10")
     assert up.returncode == 0, f"docker compose up exited {up.returncode}:\n{out[-6000:]}"
     assert "epoch 2/2" in out, f"no rank-0 progress line for the last epoch:\n{out[-6000:]}"
     assert "Reporting training result" not in out, "Ray Train's per-report INFO lines reach the trainer's output"
