@@ -126,6 +126,10 @@ def main(argv=None):
                 raise LaunchError(f"{(args.output_dir / args.name).resolve()} already exists: pass --resume to "
                                   "continue it, or choose another --name.")
             cfg = new_config(args, DEFAULT_DATA)
+        # Ray Train V2 logs "Reporting training result ..." at INFO on every report from every rank, through a logger
+        # that LoggingConfig(log_level) does not reach; Train's structured worker logging is what lets it through.
+        # Ray passes the variable on from the driver to the controller and the workers.
+        os.environ.setdefault("RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING", "0")
         import ray
         if cfg.address:
             ray.init(address=cfg.address, logging_level="WARNING")
