@@ -119,6 +119,7 @@ def test_each_switch_changes_only_its_part():
     assert isinstance(GroupedAlexNet(lrn=False).lrn, nn.Identity) and isinstance(base.lrn, FastLocalResponseNorm)
     assert base.lrn.alpha == pytest.approx(1e-4 * 5) and base.lrn.k == 2 and base.lrn.beta == 0.75
     assert base.lrn.size == 5 and base.lrn.groups == 2 and AlexNet().lrn.groups == 1  # per column in both forms
+    assert not list(base.buffers()) and not list(AlexNet().buffers())  # nothing for DDP to broadcast every step
     reference = GroupedAlexNet(lrn_impl="torch").lrn
     assert isinstance(reference, GroupedLocalResponseNorm) and reference.groups == 2
     assert reference.norm.alpha == pytest.approx(1e-4 * 5) and reference.norm.k == 2 and reference.norm.size == 5
