@@ -27,6 +27,7 @@ import functools
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 
 def _compute_dtype(dtype):
@@ -67,6 +68,7 @@ class _BandLRN(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable  # d and p were saved without a graph: a second derivative would be silently wrong
     def backward(ctx, grad):
         x, band, d, p = ctx.saved_tensors
         fmt = torch.channels_last if ctx.channels_last else torch.contiguous_format

@@ -68,6 +68,10 @@ def test_gradcheck_float64(channels_last):
         x = x.contiguous(memory_format=torch.channels_last)
     x.requires_grad_(True)
     assert torch.autograd.gradcheck(FastLocalResponseNorm(5, alpha=2.0, beta=0.75, k=2.0, groups=2), (x,))
+    y = FastLocalResponseNorm(5, alpha=2.0, beta=0.75, k=2.0)(x)
+    (g,) = torch.autograd.grad(y.sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):  # refused, not wrong
+        g.sum().backward()
 
 
 @pytest.mark.parametrize("form", [AlexNet, GroupedAlexNet])
