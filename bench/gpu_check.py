@@ -5,8 +5,9 @@ a profile of the top kernels, real training steps, and GPU-vs-CPU correctness.
     python bench/gpu_check.py --out r/ --steps model_variants,profile   # only some steps
     python bench/gpu_check.py --smoke --out /tmp/smoke  # every step on CPU at tiny sizes (what the tests run)
 
-Writes gpu_check.json and gpu_check.md to --out and prints the table. Needs only the project's own dependencies
-(no Ray): see docs/GPU.md for installing them on a node without internet. Each step is independent: a step that
+Writes gpu_check.json and gpu_check.md to --out and prints the table. Needs the project's own dependencies (Ray
+only for the last step, `launch`, which runs cluster/launch.py end to end): see docs/GPU.md for installing them on
+a node without internet. Each step is independent: a step that
 fails is recorded with its error and the others still run. Steps are registered in STEPS below (a Step names
 its function, which takes a bench.gpu_check_steps.Context); steps may live in modules of their own.
 """
@@ -25,6 +26,7 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])  # the repo root, not ben
 import torch  # noqa: E402
 
 from bench.gpu_check_steps import FULL, SMOKE, Context, Step  # noqa: E402
+from bench.gpu_launch import step_launch  # noqa: E402
 from bench.gpu_steps_model import (  # noqa: E402
     step_lrn_numerics,
     step_model,
@@ -184,7 +186,7 @@ def markdown(report):
     tables = []  # a list of rows (the profile's top kernels) gets a table of its own after the summary
     for step, values in report["steps"].items():
         for k, v in values.items():
-            if isinstance(v, list):
+            if isinstance(v, list) and v and isinstance(v[0], dict):
                 tables.append(f"\n**{step}: {k}**\n\n{markdown_table(v)}")
                 continue
             shown = (f"{v:,.0f}" if abs(v) >= 100 else f"{v:.4g}") if isinstance(v, float) else v
@@ -202,6 +204,7 @@ STEPS = [
     Step("correctness", step_correctness, needs_data=True),
     Step("lrn_numerics", step_lrn_numerics),
     Step("gpu_tests", step_gpu_tests, gpu_only=True),
+    Step("launch", step_launch, needs_data=True),  # last: it needs Ray, which a GPU node may lack
 ]
 
 

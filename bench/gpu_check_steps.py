@@ -24,6 +24,7 @@ class Sizes:
     profile_steps: int  # profiled steps, after as many unprofiled warm-up steps
     lrn_check_batch: int  # conv1-shaped (N, 96, 55, 55) tensors for the LRN numerics
     compile_backend: str  # inductor on the GPU; tracing only on CPU, where inductor takes minutes per model
+    launch_timeout: int  # seconds per cluster/launch.py case of the "launch" step
 
 
 FULL = Sizes(train_per_class=1000, val_per_class=50, loader_batch=256, model_batch=128, crop=224, iters=20,
@@ -31,11 +32,12 @@ FULL = Sizes(train_per_class=1000, val_per_class=50, loader_batch=256, model_bat
              variants=("torch_lrn", "fast_lrn", "fast_lrn_cudnn", "compiled", "compiled_torch_lrn", "cudagraphs",
                        "no_lrn"),
              profile_variants=("torch_lrn", "compiled"), profile_top=15, profile_steps=3, lrn_check_batch=16,
-             compile_backend="inductor")
+             compile_backend="inductor", launch_timeout=240)
 SMOKE = Sizes(train_per_class=4, val_per_class=2, loader_batch=8, model_batch=4, crop=64, iters=2,
               cpu_column_iters=1, train_steps=4, variant_batch=4, variant_iters=1, variant_repeats=1,
               variants=("torch_lrn", "fast_lrn", "compiled"), profile_variants=("torch_lrn", "fast_lrn"),
-              profile_top=15, profile_steps=1, lrn_check_batch=2, compile_backend="aot_eager")
+              profile_top=15, profile_steps=1, lrn_check_batch=2, compile_backend="aot_eager",
+              launch_timeout=400)
 
 
 @dataclass

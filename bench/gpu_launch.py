@@ -48,16 +48,23 @@ def run_case(name, flags, data, out, *, crop, batch, timeout):
     return result
 
 
-def step_launch(args, size, data, small_data, gpu):
-    """One entry per case; a failing case is recorded (exit code, log tail) and the others still run."""
-    results = {}
-    cases = GPU_CASES if gpu else CPU_CASES
+def step_launch(ctx):
+    """Every case of this machine (GPU_CASES, or CPU_CASES in the smoke run), flattened as "case.key"; exit_code is
+    the first failing case's, so a failed case fails the check while the others still run."""
+    from pipeline import build_shards
+    out, size = Path(ctx.args.out), ctx.size
+    cases = GPU_CASES if ctx.gpu else CPU_CASES
+    small = out / "small_shards"
+    if any(name in SMALL_SET_CASES for name in cases) and not (small / "manifest.json").is_file():
+        if build_shards.main(["--out", str(small), "-j", str(ctx.args.workers), "--demo-train-per-class", "50",
+                              "--demo-val-per-class", "10"]) != 0:
+            raise RuntimeError("building the small demo set for the cuda+cpu case failed")
+    flat, codes = {}, []
     for name, flags in cases.items():
-        shards = small_data if name in SMALL_SET_CASES else data
-        results[name] = run_case(name, flags, shards, Path(args.out), crop=size["crop"],
-                                 batch=size["model_batch"], timeout=size["launch_timeout"])
-    return results
-
-
-def launch_failed(results):
-    return any(r.get("exit_code") != 0 for r in results.values() if isinstance(r, dict))
+        shards = small if name in SMALL_SET_CASES else ctx.data
+        result = run_case(name, flags, shards, out, crop=size.crop, batch=size.model_batch,
+                          timeout=size.launch_timeout)
+        codes.append(result["exit_code"])
+        flat.update({f"{name}.{k}": v for k, v in result.items()})
+    flat["exit_code"] = next((c for c in codes if c != 0), 0)
+    return flat

@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from cluster.loop import LrSchedule, evaluate, make_optimizer, train_one_epoch
-from model import AlexNet
+from model import AlexNet, compile_for_speed
 from pipeline.loader import make_loader
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -44,11 +44,11 @@ def build_replica(cfg, devices):
     model.place(devices[0], devices[1], output_device=devices[0])
     if devices[0].type == "cuda":
         model.to(memory_format=torch.channels_last)
+    if cfg.compile:  # in place, before DDP wraps it: checkpoints keep their keys (model/compile.py)
+        compile_for_speed(model)
     trainable = model
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         trainable = DistributedDataParallel(model, device_ids=None)
-    if cfg.compile:
-        trainable = torch.compile(trainable)
     return model, trainable
 
 
