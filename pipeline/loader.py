@@ -11,29 +11,26 @@ a horizontal flip with p=0.5, PCA lighting noise (alpha ~ N(0, 0.1) per image, t
 manifest), then mean/std normalisation. Evaluation: the centre crop, or the paper's ten patches (four corners and
 the centre, each also flipped) as (N, 10, 3, crop, crop).
 
-Training order (pipeline/epoch_order.py): epoch e permutes the shard files by (seed, e), identically on every rank;
-rank r of `num_shards` reads its contiguous stretch of that order (1/num_shards of the samples, a different part of
-the data every epoch), shuffled through a buffer of `initial_fill` samples, with augmentation seeded by
-(seed, e, r). Everything a rank yields is a pure function of (seed, epoch, rank, num_shards): a loader that jumps to
-epoch k (set_epoch, as on resume) yields exactly the batches an uninterrupted loader yields at epoch k. Every rank
-yields the same number of full batches, (N // num_shards) // batch_size, so data-parallel ranks step together;
-the few samples a rank leaves over (fewer than a batch) are in other places next epoch. Across ranks each epoch
-reads every sample at most once.
+Training order (pipeline/epoch_order.py): epoch e permutes the shard files by (seed, e) on every rank, rank r of
+`num_shards` reads its stretch of that order through a shuffle buffer, augmentation is seeded by (seed, e, r). What
+a rank yields is a pure function of (seed, epoch, rank, num_shards): a jump to epoch k (set_epoch, as on a resume,
+also at another world size) yields exactly what an uninterrupted loader of that size yields at epoch k. Every rank
+yields (N // num_shards) // batch_size full batches, so data-parallel ranks step together; each epoch reads every
+sample at most once across ranks, all but fewer than one batch per rank.
 
-Shuffle buffer: 16384 samples by default (capped by the rank's share). Two samples that shared a batch share one
-again next epoch about 1 + F*N/(4*B^2) times as often as chance (F samples per shard file, N in the split, B the
-buffer; simulated): for ImageNet in 1000-sample files, 2.2x at B = 16384, 5.8x at 8192; smaller files or a larger
-buffer bring it nearer 1. Host memory: about B x (mean sample bytes + 7 KB) per live pipeline (measured: 41 KB per
-sample with 34 KB demo JPEGs; ~1 GB for ImageNet's 256-short JPEGs at B = 16384), in the page cache when DALI can
-memory-map the tars (local files), in process memory when it cannot (e.g. network file systems). Two pipelines are
-alive while the next epoch is prepared (below), so budget twice that.
+Shuffle buffer (`initial_fill`): 16384 samples by default, capped by the rank's share; how often batch-mates meet
+again: epoch_order.py. Host memory: about the buffer x the mean JPEG size per pipeline (measured: 33 KB per buffered
+sample with the demo set's 34 KB JPEGs, ~540 MB at 16384; ImageNet at 256 on the short side is of the same order),
+in the page cache when DALI can memory-map the tars (local files), in process memory when it cannot (network file
+systems). Two pipelines are alive while the next epoch is prepared (below): budget twice that.
 
-A pipeline per epoch: its reader covers only that epoch's stretch, so each epoch builds a new one. The build
-runs in a background thread while the current epoch runs (started after the epoch's first batch), including the
-first batch, where DALI parses the stretch's index and fills the buffer (lazy_init: off the Python GIL, which
-DALI's build holds: an index parse inside build() stalls the training loop as long as it takes). At the hand-over
-the old pipeline is dropped at once (GPU memory) and the prepared one continues; a jump to another epoch builds
-synchronously. `epoch_starts` records, per epoch, how long preparing took and how long the consumer waited.
+A pipeline per epoch, its reader over that epoch's stretch only (DALI 2.4's `shuffle_after_epoch` permutes files in
+one long-lived pipeline, but its buffer and random state carry over epochs: a resume could not reproduce an epoch).
+The next one is built in a background thread from the current epoch's second batch on, first batch included: there
+the reader parses its index and fills its buffer in DALI's threads (lazy_init), as a parse inside build() would
+hold the GIL and stall training. Per epoch, build() and dropping the old pipeline at the hand-over (at once, for its
+GPU memory) still hold the GIL: ~0.13 s of CPU on a 2-core box for one rank of 8 over ImageNet's index.
+`epoch_timings` records them and the wait per epoch. A jump to another epoch builds synchronously.
 
 Evaluation: each of `num_shards` loaders reads its own fixed contiguous part of the split (DALI's reader split by
 sample count), padded to whole batches with the padding trimmed, so all loaders together see every sample exactly
@@ -82,11 +79,13 @@ def _pipeline(tars, idxs, *, mixed, train, crop, resize, ten_crop, rrc, shard_id
               half, initial_fill, hw_decoder_load, roi_decode, preallocate):
     # Training: the reader gets only this epoch's stretch of this rank (shard 0 of 1), parsed lazily so that the
     # parse runs in DALI's threads, not under the GIL in build(). Evaluation: a fixed part, padded to whole batches.
+    # tensor_init_bytes=0: the default 1 MB reserved per output of each buffered sample made dropping a pipeline
+    # (under the GIL) ~3x slower here, and memory-mapped samples never use it.
     jpegs, labels, indices = fn.readers.webdataset(
         paths=tars, index_paths=idxs, ext=["jpg", "cls64", "idx64"],
         dtypes=[types.UINT8, types.INT64, types.INT64], missing_component_behavior="error",
         shard_id=shard_id, num_shards=num_shards, stick_to_shard=not train, pad_last_batch=not train,
-        random_shuffle=train, initial_fill=initial_fill, lazy_init=train, name="reader")
+        random_shuffle=train, initial_fill=initial_fill, lazy_init=train, tensor_init_bytes=0, name="reader")
     # The mixed decoder still Huffman-decodes on CPU threads; the hints only avoid reallocations.
     hints = dict(preallocate_width_hint=preallocate, preallocate_height_hint=preallocate) if preallocate else {}
     decode = dict(device="mixed", hw_decoder_load=hw_decoder_load, **hints) if mixed else dict(device="cpu")
@@ -119,20 +118,23 @@ def _pipeline(tars, idxs, *, mixed, train, crop, resize, ten_crop, rrc, shard_id
 
 
 @dataclass
-class EpochStart:
-    """How one training epoch's pipeline started: seconds to build it and produce its first batch, seconds the
-    consumer waited for it at the hand-over (about 0 when it was prepared in the background in time)."""
+class EpochTiming:
+    """How one training epoch's pipeline came and went, in seconds. build_s: defining and building it (DALI's
+    build holds the GIL); first_batch_s: its first batch (index parse and buffer fill, in DALI's threads);
+    wait_s: what the consumer waited for it at the hand-over (about 0 when prepared in the background in time);
+    drop_s: dropping it after the epoch (DALI frees it under the GIL)."""
     epoch: int
-    build_s: float
-    wait_s: float
     prepared: bool
+    build_s: float
+    first_batch_s: float
+    wait_s: float = 0.0
+    drop_s: float = 0.0
 
 
 @dataclass
 class _EpochPipeline:
-    epoch: int
     iterator: DALIGenericIterator
-    build_s: float
+    timing: EpochTiming
 
 
 class DaliLoader:
@@ -189,7 +191,7 @@ class DaliLoader:
             initial_fill=min(initial_fill, max(1, self.shard_samples)), hw_decoder_load=hw_decoder_load,
             roi_decode=roi_decode, preallocate=2 * crop if preallocate is None else preallocate)
         self.prefetch = prefetch
-        self.epoch_starts = []  # EpochStart per training epoch started
+        self.epoch_timings = []  # EpochTiming per training epoch started
         self._eval_iter = None  # evaluation: one pipeline for the loader's lifetime
         self._prepared = None  # training: (epoch, Future of _EpochPipeline) being built in the background
         self._pool = None
@@ -223,7 +225,9 @@ class DaliLoader:
                 if step == 0:  # the consumer came back for more: a real epoch, not a peek at one batch
                     self._prepare(epoch + 1)
         finally:
+            t0 = time.perf_counter()
             run.iterator = None  # the pipeline goes now, not at garbage collection: its GPU memory is needed
+            run.timing.drop_s = time.perf_counter() - t0
         self.epoch = epoch + 1
 
     def _start(self, epoch):
@@ -235,8 +239,9 @@ class DaliLoader:
         else:
             _drop(prepared)  # a jump (as on resume): the prepared epoch, if any, is not wanted
             run = self._build_epoch(epoch)
-        self.epoch_starts.append(EpochStart(epoch, run.build_s, time.perf_counter() - t0,
-                                            prepared is not None and prepared[0] == epoch))
+        run.timing.prepared = prepared is not None and prepared[0] == epoch
+        run.timing.wait_s = time.perf_counter() - t0
+        self.epoch_timings.append(run.timing)
         return run
 
     def _prepare(self, epoch):
@@ -257,6 +262,8 @@ class DaliLoader:
             pipe = _pipeline([self.tars[p.file] for p in parts], idxs, batch_size=self.batch_size,
                              num_threads=self.num_threads, device_id=self.device_id, seed=seed,
                              prefetch_queue_depth=self.prefetch, shard_id=0, num_shards=1, **self.options)
+            pipe.build()
+            t1 = time.perf_counter()
             # No reader_name: the iterator never ends by itself (__iter__ takes len(self) batches). The first
             # batch is made here, on a stream of this thread, and synchronised before another thread uses it.
             # The index files may go once it exists: the reader parsed them for it.
@@ -264,7 +271,7 @@ class DaliLoader:
                 iterator = DALIGenericIterator(pipe, OUTPUTS, prepare_first_batch=True)
             if cuda:
                 stream.synchronize()
-        return _EpochPipeline(epoch, iterator, time.perf_counter() - t0)
+        return _EpochPipeline(iterator, EpochTiming(epoch, False, t1 - t0, time.perf_counter() - t1))
 
     def _evaluation_epoch(self):
         if self._eval_iter is None:

@@ -88,7 +88,7 @@ def test_training_epochs_are_equal_length_on_every_shard_and_a_function_of_the_e
     ld = loaders[1]
     epoch = lambda loader: [torch.cat(t) for t in zip(*loader)]  # noqa: E731  (images, labels, indices)
     continued = [epoch(ld) for _ in range(3)]  # epochs 0, 1, 2, each prepared in the background
-    assert [(s.epoch, s.prepared) for s in ld.epoch_starts] == [(0, False), (1, True), (2, True)]
+    assert [(s.epoch, s.prepared) for s in ld.epoch_timings] == [(0, False), (1, True), (2, True)]
     jumped = make_loader(colour_shards, "train", 32, shard_id=1, num_shards=4, crop=56, seed=3, epoch=2)
     for a, b in zip(continued[2], epoch(jumped)):  # a resume at epoch 2: the same samples, order and augmentation
         assert torch.equal(a, b)
