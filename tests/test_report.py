@@ -160,7 +160,9 @@ def test_figure4_data_comes_from_the_samples(demo_shards, net):
         for n in row.neighbours:
             assert n.label == train[n.position][1]  # the label shown is the neighbour's own
             np.testing.assert_array_equal(n.image, samples.eval_view(train[n.position][0], CROP))
-            assert n.distance == pytest.approx(dist[subset.index(n.position)], rel=1e-4)
+            # float32 features computed in batches of 16 vs all at once differ in the last bits; the distances of an
+            # untrained net are differences of nearly equal vectors, so those bits weigh ~1e-4 relative
+            assert n.distance == pytest.approx(dist[subset.index(n.position)], rel=1e-3)
 
 
 def test_class_names_fall_back_to_wnids():
