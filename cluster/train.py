@@ -124,6 +124,8 @@ def train_loop_per_worker(loop_config):
                                      **loader_kw)
             metrics["val_top1_error_10crop"], metrics["val_top5_error_10crop"], _ = evaluate(
                 model, ten_loader, device, amp=cfg.amp, ten_crop=True)
+            ten_loader.close()
+            train_loader.close()  # it already built a next epoch that will not come: free it before the report
         if log:
             log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {metrics['train_loss']:.4f}, val top-1 error "
                 f"{top1:.4f}, top-5 error {top5:.4f} ({n} images), {metrics['images_per_second']:.1f} img/s, "
