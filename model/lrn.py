@@ -39,12 +39,14 @@ def _band(channels, groups, size, scale, device, dtype):
     """(C x C) matrix W with W[j, c] = scale where channel j is in channel c's window (and in c's group), else 0.
 
     Built once per (shape, device, dtype): a constant, not a buffer, so it is not in the state_dict and DDP
-    does not broadcast it every forward."""
-    j = torch.arange(channels, device=device)[:, None]
-    c = torch.arange(channels, device=device)[None, :]
-    block = channels // groups
-    inside = (j >= c - size // 2) & (j <= c + (size - 1) // 2) & (j // block == c // block)
-    return inside.to(dtype) * scale
+    does not broadcast it every forward. Made outside inference mode even when the first call is inside it (an
+    evaluation under torch.inference_mode): a cached inference tensor could never be saved for a later backward."""
+    with torch.inference_mode(False):
+        j = torch.arange(channels, device=device)[:, None]
+        c = torch.arange(channels, device=device)[None, :]
+        block = channels // groups
+        inside = (j >= c - size // 2) & (j <= c + (size - 1) // 2) & (j // block == c // block)
+        return inside.to(dtype) * scale
 
 
 def _window_sum(t, band, channels_last):

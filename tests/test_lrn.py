@@ -106,6 +106,19 @@ def test_bf16_autocast_sums_in_fp32_and_returns_bf16():
     assert xb.grad.dtype == torch.bfloat16 and torch.isfinite(xb.grad.float()).all()
 
 
+def test_training_after_a_first_call_in_inference_mode():
+    """The band matrix is cached on first use; if that use was an evaluation under torch.inference_mode (Figure 4
+    does that), a later training step must still be able to save it for backward."""
+    shape = (2, 36, 7, 5)  # a channel count no other test uses, so the cache is cold here
+    lrn = FastLocalResponseNorm(**PAPER)
+    with torch.inference_mode():
+        lrn(activations(shape))
+    y, gx = value_and_grad(lrn, activations(shape), torch.ones(shape))
+    ref_y, ref_gx = value_and_grad(nn.LocalResponseNorm(**PAPER), activations(shape), torch.ones(shape))
+    close(y, ref_y)
+    close(gx, ref_gx)
+
+
 def test_bad_input_and_options_are_named():
     with pytest.raises(ValueError, match="NCHW"):
         FastLocalResponseNorm(5)(torch.randn(2, 4, 8))
