@@ -283,7 +283,11 @@ class DaliLoader:
         else:
             self._eval_iter.reset()
         for batch in self._eval_iter:
-            yield self._outputs(batch)
+            images, labels, indices = self._outputs(batch)
+            # Every shard is read for as many batches as the largest one needs; a shard one sample shorter whose
+            # size divides by the batch gets an empty last batch: not a batch, and len() does not count it.
+            if len(labels):
+                yield images, labels, indices
 
     def close(self):
         """Drop the pipelines and the background thread now (else at garbage collection)."""

@@ -75,6 +75,20 @@ def test_eval_shards_cover_every_sample_exactly_once(colour_shards):
     assert all(a == b for a, b in lengths)
 
 
+@pytest.mark.parametrize("batch, ten_crop", [(8, False), (1, True)])
+def test_no_empty_eval_batch_when_a_shard_divides_by_the_batch(demo_shards, batch, ten_crop):
+    """50 val samples over 3 shards are 16/17/17: the 16-sample shard divides by 8 (and 1) but DALI reads it for as
+    many batches as the 17-sample ones need. An empty batch broke the 10-crop evaluation (an elastic run at 3)."""
+    seen = []
+    for shard in range(3):
+        loader = make_loader(demo_shards, "val", batch, shard_id=shard, num_shards=3, train=False, crop=32,
+                             ten_crop=ten_crop)
+        sizes = [len(labels) for _, labels, _ in loader]
+        assert len(sizes) == len(loader) and min(sizes) > 0
+        seen.append(sum(sizes))
+    assert seen == [16, 17, 17]
+
+
 def test_labels_stay_with_their_pixels(colour_shards):
     for train in (True, False):
         loader = make_loader(colour_shards, "train", 50, shard_id=1, num_shards=3, train=train, crop=56)
