@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -22,6 +23,7 @@ UP_TIMEOUT_S = 3600  # a hang guard for a first build on a slow machine, not a s
 # Ray gives a starting node a fixed 30 s to register (ray/_private/node.py); on a heavily shared machine a head or
 # worker container can miss it, which ends the whole `up`. Only that failure earns one clean retry.
 NODE_START_TIMEOUT = "The current node timed out during startup"
+DEFAULT_TORCH_INDEX = "https://download.pytorch.org/whl/cpu/"  # compose.yaml's default TORCH_INDEX_URL
 
 
 def docker_missing():
@@ -35,6 +37,12 @@ def docker_missing():
                 return what
         except subprocess.TimeoutExpired:
             return what
+    if not os.environ.get("TORCH_INDEX_URL"):  # the image build installs torch from it
+        try:
+            urllib.request.urlopen(DEFAULT_TORCH_INDEX, timeout=10).close()
+        except OSError as e:
+            return (f"TORCH_INDEX_URL is not set and {DEFAULT_TORCH_INDEX} cannot be reached ({e}): set it to a "
+                    "reachable torch index (docker-here.sh prints one)")
     return None
 
 
