@@ -43,6 +43,7 @@ def test_end_to_end_outputs_are_the_drivers_and_checkpoints_go_to_storage(finish
     assert all(m["val_images"] == 50 and m["replicas"] == 2 and len(m["nodes"]) == 2 for m in rows)
     assert (run_dir / "learning_curves.png").stat().st_size > 1000
     assert (run_dir / "conv1_kernels.png").stat().st_size > 1000
+    assert (run_dir / "figure4.png").stat().st_size > 1000
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert not list(run_dir.glob("checkpoint_*"))  # checkpoints live in --storage, outputs in --output-dir
     ckpts = sorted((tmp / "ckpt" / "e2e").glob("checkpoint_*/checkpoint.pt"))
