@@ -1,11 +1,15 @@
-"""GPU validation in one run: loader speed, split-model speed, real training steps, and GPU-vs-CPU correctness.
+"""GPU validation in one run: loader speed, split-model speed and its variants (LRN, compile, cuDNN autotuning),
+a profile of the top kernels, real training steps, and GPU-vs-CPU correctness.
 
-    python bench/gpu_check.py --out results/            # on a GPU node (about 3-5 minutes on one H100)
+    python bench/gpu_check.py --out results/            # on a GPU node (about 5-8 minutes on one H100)
+    python bench/gpu_check.py --out r/ --steps model_variants,profile   # only some steps
     python bench/gpu_check.py --smoke --out /tmp/smoke  # every step on CPU at tiny sizes (what the tests run)
 
-Writes gpu_check.json and gpu_check.md to --out and prints the table. Needs only the project's own dependencies
-(no Ray): see docs/GPU.md for installing them on a node without internet. Each step is independent: a step that
-fails is recorded with its error and the others still run.
+Writes gpu_check.json and gpu_check.md to --out and prints the table. Needs the project's own dependencies (Ray
+only for the last step, `launch`, which runs cluster/launch.py end to end): see docs/GPU.md for installing them on
+a node without internet. Each step is independent: a step that
+fails is recorded with its error and the others still run. Steps are registered in STEPS below (a Step names
+its function, which takes a bench.gpu_check_steps.Context); steps may live in modules of their own.
 """
 import argparse
 import json
@@ -21,13 +25,17 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])  # the repo root, not ben
 
 import torch  # noqa: E402
 
-from bench.timing import fwd_bwd_images_per_second, loader_images_per_second, sync  # noqa: E402
+from bench.gpu_check_steps import FULL, SMOKE, Context, Step  # noqa: E402
+from bench.gpu_launch import step_launch  # noqa: E402
+from bench.gpu_steps_model import (  # noqa: E402
+    step_lrn_numerics,
+    step_model,
+    step_model_variants,
+    step_profile,
+)
+from bench.profiling import markdown_table  # noqa: E402
+from bench.timing import loader_images_per_second, sync  # noqa: E402
 from model import AlexNet, GroupedAlexNet  # noqa: E402
-
-FULL = dict(train_per_class=1000, val_per_class=50, loader_batch=256, model_batch=128, crop=224, iters=20,
-            cpu_column_iters=3, train_steps=60)
-SMOKE = dict(train_per_class=4, val_per_class=2, loader_batch=8, model_batch=4, crop=64, iters=2,
-             cpu_column_iters=1, train_steps=4)
 
 
 def get_args_parser():
@@ -39,6 +47,9 @@ def get_args_parser():
     p.add_argument("--smoke", action="store_true", help="every step on CPU at tiny sizes (default: off)")
     p.add_argument("-j", "--workers", type=int, default=os.cpu_count(),
                    help=f"processes for building shards and DALI threads (default: {os.cpu_count()})")
+    p.add_argument("--steps", default=None,
+                   help="comma-separated steps to run; shards runs too when a chosen step needs data "
+                        "(default: all of " + ",".join(s.name for s in STEPS) + ")")
     return p
 
 
@@ -63,29 +74,32 @@ def environment():
     return env
 
 
-def step_shards(args, size):
+def step_shards(ctx):
     from pipeline import build_shards
+    args, size = ctx.args, ctx.size
     out = args.data or args.out / "shards"
     if args.data is None:
         code = build_shards.main(["--out", str(out), "-j", str(args.workers), "--shard-size", "500",
-                                  "--demo-train-per-class", str(size["train_per_class"]),
-                                  "--demo-val-per-class", str(size["val_per_class"])])
+                                  "--demo-train-per-class", str(size.train_per_class),
+                                  "--demo-val-per-class", str(size.val_per_class)])
         if code != 0:
             raise RuntimeError(f"build_shards exited {code}")
     from pipeline import manifest
     m = manifest.load(out)
+    ctx.data = str(out)
     return {"data": str(out), "train_samples": m["splits"]["train"]["num_samples"],
             "val_samples": m["splits"]["val"]["num_samples"]}
 
 
-def step_loader(args, size, data, gpu):
+def step_loader(ctx):
     from pipeline.loader import make_loader
-    kw = dict(crop=size["crop"])
+    args, size, data = ctx.args, ctx.size, ctx.data
+    kw = dict(crop=size.crop)
     result = {}
-    cpu = make_loader(data, "train", size["loader_batch"], device="cpu", num_threads=args.workers, **kw)
+    cpu = make_loader(data, "train", size.loader_batch, device="cpu", num_threads=args.workers, **kw)
     result["cpu_train_img_s"] = loader_images_per_second(cpu, epochs=1)
-    if gpu:  # the loader's own thread default for mixed decode (half the cores, at most 8)
-        mixed = make_loader(data, "train", size["loader_batch"], device="cuda", device_id=0, **kw)
+    if ctx.gpu:  # the loader's own thread default for mixed decode (half the cores, at most 8)
+        mixed = make_loader(data, "train", size.loader_batch, device="cuda", device_id=0, **kw)
         result["gpu_train_img_s"] = loader_images_per_second(mixed, epochs=1)  # within an epoch
         # over three epochs: each epoch starts a freshly seeded pipeline, so this includes those restarts
         result["gpu_train_img_s_3_epochs"] = loader_images_per_second(mixed, epochs=3)
@@ -93,37 +107,18 @@ def step_loader(args, size, data, gpu):
     return result
 
 
-def step_model(args, size, gpu):
-    dev = "cuda:0" if gpu else "cpu"
-    kw = dict(amp=gpu, channels_last=gpu, iters=size["iters"])
-    b, crop = size["model_batch"], size["crop"]
-    grouped = GroupedAlexNet().to(dev).to(memory_format=torch.channels_last)
-    result = {"single_device_img_s": fwd_bwd_images_per_second(grouped, b, crop, dev, **kw)}
-    del grouped
-    split = AlexNet().place(dev, dev).to(memory_format=torch.channels_last)
-    result["split_same_device_img_s"] = fwd_bwd_images_per_second(split, b, crop, dev, **kw)
-    result["split_overhead"] = result["single_device_img_s"] / result["split_same_device_img_s"] - 1
-    if gpu:
-        split.place("cuda:0", "cpu", output_device="cuda:0")  # real cross-device copies with one GPU
-        result["split_cuda0_cpu_img_s"] = fwd_bwd_images_per_second(
-            split, b, crop, dev, amp=True, channels_last=True, iters=size["cpu_column_iters"], warmup=1)
-        if torch.cuda.device_count() >= 2:
-            split.place("cuda:0", "cuda:1")
-            result["split_two_gpus_img_s"] = fwd_bwd_images_per_second(split, b, crop, dev, **kw)
-    return result
-
-
-def step_training(args, size, data, gpu):
+def step_training(ctx):
     """Real training steps of one replica fed by the loader: SGD, bf16 + channels_last on GPU."""
     from pipeline.loader import make_loader
+    size, gpu = ctx.size, ctx.gpu
     dev = torch.device("cuda:0" if gpu else "cpu")
-    loader = make_loader(data, "train", size["model_batch"], device="cuda" if gpu else "cpu",
-                         device_id=0 if gpu else None, crop=size["crop"])
+    loader = make_loader(ctx.data, "train", size.model_batch, device="cuda" if gpu else "cpu",
+                         device_id=0 if gpu else None, crop=size.crop)
     model = AlexNet(init="kaiming").place(dev, dev).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     steps, seen, start, losses, epoch = 0, 0, None, [], 0
-    warm = min(3, size["train_steps"] // 2)  # steps before timing starts (start-up, cuDNN autotuning)
-    while steps < size["train_steps"]:
+    warm = min(3, size.train_steps // 2)  # steps before timing starts (start-up, cuDNN autotuning)
+    while steps < size.train_steps:
         loader.set_epoch(epoch)
         for images, labels, _ in loader:
             images = images.to(dev).contiguous(memory_format=torch.channels_last)
@@ -139,7 +134,7 @@ def step_training(args, size, data, gpu):
             elif steps > warm:
                 seen += len(labels)
             losses.append(loss.item())
-            if steps >= size["train_steps"]:
+            if steps >= size.train_steps:
                 break
         epoch += 1
     sync(dev)
@@ -147,10 +142,11 @@ def step_training(args, size, data, gpu):
             "first_loss": losses[0], "last_loss": losses[-1]}
 
 
-def step_correctness(args, size, data, gpu):
+def step_correctness(ctx):
     from pipeline.loader import make_loader
+    data, gpu = ctx.data, ctx.gpu
     result = {}
-    kw = dict(train=False, crop=size["crop"], num_threads=args.workers)
+    kw = dict(train=False, crop=ctx.size.crop, num_threads=ctx.args.workers)
     cpu, _, idx_cpu = next(iter(make_loader(data, "val", 32, device="cpu", **kw)))
     if gpu:
         mixed, _, idx_gpu = next(iter(make_loader(data, "val", 32, device="cuda", device_id=0, **kw)))
@@ -171,7 +167,7 @@ def step_correctness(args, size, data, gpu):
     return result
 
 
-def step_gpu_tests(args):
+def step_gpu_tests(ctx):
     """The test suite's gpu-marked tests (model placement on CUDA, mixed vs CPU decode); Ray is not needed."""
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
                            "tests/test_model.py", "tests/test_loader.py"], capture_output=True, text=True,
@@ -187,46 +183,69 @@ def markdown(report):
     lines = [f"GPU check on **{env.get('device')}** (driver {env.get('driver', '-')}, torch {env['torch']}, "
              f"DALI {env['dali']}, {env['cpus']} CPUs){' — SMOKE RUN (CPU, tiny sizes)' if report['smoke'] else ''}",
              "", "| step | measurement | value |", "| --- | --- | --- |"]
+    tables = []  # a list of rows (the profile's top kernels) gets a table of its own after the summary
     for step, values in report["steps"].items():
         for k, v in values.items():
+            if isinstance(v, list) and v and isinstance(v[0], dict):
+                tables.append(f"\n**{step}: {k}**\n\n{markdown_table(v)}")
+                continue
             shown = (f"{v:,.0f}" if abs(v) >= 100 else f"{v:.4g}") if isinstance(v, float) else v
             lines.append(f"| {step} | {k} | {shown} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + tables) + "\n"
+
+
+STEPS = [
+    Step("shards", step_shards),
+    Step("loader", step_loader, needs_data=True),
+    Step("model", step_model),
+    Step("model_variants", step_model_variants),
+    Step("profile", step_profile),
+    Step("training", step_training, needs_data=True),
+    Step("correctness", step_correctness, needs_data=True),
+    Step("lrn_numerics", step_lrn_numerics),
+    Step("gpu_tests", step_gpu_tests, gpu_only=True),
+    Step("launch", step_launch, needs_data=True),  # last: it needs Ray, which a GPU node may lack
+]
+
+
+def chosen_steps(text):
+    """The --steps selection in STEPS order, with shards added when a chosen step needs data."""
+    if text is None:
+        return STEPS
+    names = {n.strip() for n in text.split(",") if n.strip()}
+    known = {s.name for s in STEPS}
+    if not names or names - known:
+        raise SystemExit(f"--steps: unknown step(s) {sorted(names - known) or text!r}; choose from "
+                         f"{', '.join(s.name for s in STEPS)}")
+    if any(s.needs_data for s in STEPS if s.name in names):
+        names.add("shards")
+    return [s for s in STEPS if s.name in names]
 
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
+    steps = chosen_steps(args.steps)
     args.out.mkdir(parents=True, exist_ok=True)
     gpu = torch.cuda.is_available() and not args.smoke
     if not gpu and not args.smoke:
         print("no CUDA device found: running the smoke version (use --smoke to ask for it)")
         args.smoke = True
-    size = SMOKE if args.smoke else FULL
+    ctx = Context(args, SMOKE if args.smoke else FULL, gpu)
     report = {"smoke": args.smoke, "environment": environment(), "steps": {},
               "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    data = None
 
-    def run_step(name, fn, *a):
+    for step in steps:
+        if (step.needs_data and ctx.data is None) or (step.gpu_only and not gpu):
+            continue
         t = time.time()
         try:
-            report["steps"][name] = fn(*a)
+            report["steps"][step.name] = step.run(ctx)
         except Exception as e:  # recorded, and the remaining steps still run
-            report["steps"][name] = {"error": f"{type(e).__name__}: {e}"}
+            report["steps"][step.name] = {"error": f"{type(e).__name__}: {e}"}
             traceback.print_exc()
-        report["steps"][name]["seconds"] = round(time.time() - t, 1)
-        print(f"[{name}] {report['steps'][name]}", flush=True)
+        report["steps"][step.name]["seconds"] = round(time.time() - t, 1)
+        print(f"[{step.name}] {report['steps'][step.name]}", flush=True)
         (args.out / "gpu_check.json").write_text(json.dumps(report, indent=1))  # partial results survive a kill
-
-    run_step("shards", step_shards, args, size)
-    data = report["steps"]["shards"].get("data")
-    if data:
-        run_step("loader", step_loader, args, size, data, gpu)
-    run_step("model", step_model, args, size, gpu)
-    if data:
-        run_step("training", step_training, args, size, data, gpu)
-        run_step("correctness", step_correctness, args, size, data, gpu)
-    if gpu:
-        run_step("gpu_tests", step_gpu_tests, args)
     table = markdown(report)
     (args.out / "gpu_check.md").write_text(table)
     print(table)

@@ -2,18 +2,26 @@
 and a decode-only limit (libjpeg-turbo through PIL decoding the same JPEGs on all cores, nothing else).
 
     python bench/loader.py                          # builds 256-short demo shards in /tmp/bench_loader if needed
-    python bench/loader.py --data data/shards --device cuda   # the same on a GPU (mixed decode)
-    python bench/loader.py --data data/shards --device cuda --sweep --skip-baselines   # GPU decoder settings
+    python bench/loader.py --data data/shards --device cuda --skip-baselines   # mixed decode on a GPU
+    python bench/loader.py --data data/shards --device cuda --sweep --skip-baselines --json sweep.json
+    python bench/loader.py --link-copies 128 --num-shards 8 --skip-baselines  # per-epoch rebuild, ImageNet-sized
 
+Every DALI number is over --epochs epochs, each a new pipeline (prepared in the background, see pipeline/loader.py),
+so hand-overs are included. "stall_s" is the GIL-held part of an epoch change (build, hand-over wait, drop: what
+stalls a training loop), "stall_vs_imagenet_epoch" sets it against an ImageNet epoch of one of --num-shards ranks at
+the same pace; "overhead_s" is what each later epoch took beyond streaming its batches at the median interval.
 Targets on a 2-core machine: >= 3x the baseline and >= 0.6x the decode-only limit.
 """
 import argparse
 import io
+import itertools
 import json
 import multiprocessing
 import os
+import shutil
 import sys
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,10 +31,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from bench.timing import loader_images_per_second  # noqa: E402
+from bench.timing import time_loader  # noqa: E402
 from pipeline import build_shards  # noqa: E402
 from pipeline import manifest as mf  # noqa: E402
-from pipeline.loader import make_loader  # noqa: E402
+from pipeline.loader import SHUFFLE_BUFFER, make_loader  # noqa: E402
 
 
 class PILTrainTransform:
@@ -83,28 +91,79 @@ def decode_only_images_per_second(data, processes):
     return n / (time.perf_counter() - start)
 
 
-SWEEP = [  # (hw_decoder_load, threads, prefetch, batch); the first is the loader's default
-    (0.65, None, 2, 256), (0.0, None, 2, 256), (0.9, None, 2, 256), (1.0, None, 2, 256),
-    (0.65, None, 4, 256), (0.65, 8, 2, 256), (0.65, None, 2, 512), (0.9, None, 4, 512),
-]
+IMAGENET_TRAIN = 1281167
 
 
-def sweep(data, args):
-    rows = []
-    for hw, threads, prefetch, batch in SWEEP:
-        threads = threads or args.workers
-        loader = make_loader(data, "train", batch, device=args.device, crop=args.crop, num_threads=threads,
-                             hw_decoder_load=hw, prefetch=prefetch)
+def linked_copies(data, copies):
+    """A dataset whose training split is `data`'s shard files listed `copies` times (symbolic links, no new bytes):
+    an index as large as ImageNet's from the demo set, to time what a per-epoch rebuild costs at that size."""
+    out = Path(tempfile.gettempdir()) / f"{Path(data).name}-x{copies}"
+    shutil.rmtree(out, ignore_errors=True)
+    (out / "train").mkdir(parents=True)
+    man = mf.load(data)
+    (out / "val").symlink_to(Path(data, "val").resolve())
+    shards = []
+    for k, (tar, idx, entry) in itertools.product(range(copies), mf.split_files(data, man, "train")):
+        (out / "train" / f"x{k}-{tar.name}").symlink_to(tar.resolve())
+        (out / "train" / f"x{k}-{idx.name}").symlink_to(idx.resolve())
+        shards.append({**entry, "tar": f"x{k}-{tar.name}", "idx": f"x{k}-{idx.name}"})
+    man["splits"]["train"] = {"num_samples": man["splits"]["train"]["num_samples"] * copies, "shards": shards}
+    mf.write(out, man)
+    return out
+
+
+def timed(data, args, batch, **settings):
+    """One loader (rank --shard-id of --num-shards) timed over --epochs epochs: a JSON-ready dict. The GIL-held
+    part of an epoch change (build, waiting at the hand-over, drop) is set against an ImageNet epoch of one rank
+    at this loader's pace: it stalls a training loop about that long."""
+    loader = make_loader(data, "train", batch, device=args.device, crop=args.crop, shard_id=args.shard_id,
+                         num_shards=args.num_shards, initial_fill=args.initial_fill, **settings)
+    t = time_loader(loader, epochs=args.epochs)
+    loader.close()
+    later = t.epochs[1:]  # epoch 0 starts synchronously, as any first epoch or resume does
+    stall = sum(e.build_s + e.wait_s + e.drop_s for e in later) / max(1, len(later))
+    imagenet_epoch_s = IMAGENET_TRAIN / args.num_shards / (batch / t.median_batch_s)
+    per_epoch = {k: [round(getattr(e, k), 3) for e in t.epochs] for k in ("build_s", "first_batch_s", "wait_s",
+                                                                           "drop_s")}
+    return {"batch": batch, "threads": loader.num_threads, **settings, "img_s": round(t.img_s),
+            "steps_per_epoch": t.steps, **per_epoch, "overhead_s": [round(x, 3) for x in t.overhead_s],
+            "stall_s": round(stall, 3), "imagenet_epoch_s": round(imagenet_epoch_s, 1),
+            "stall_vs_imagenet_epoch": round(stall / imagenet_epoch_s, 4)}
+
+
+def sweep_settings(args):
+    """One setting changed at a time from the loader's defaults, for each batch size; the defaults once more at
+    the end, for the run-to-run noise. The CPU decoder ignores hw_decoder_load and the preallocation hints."""
+    axes = {"num_threads": args.sweep_threads, "prefetch": args.sweep_prefetch}
+    if args.device == "cuda":
+        axes |= {"hw_decoder_load": args.sweep_hw_load, "preallocate": args.sweep_preallocate}
+    default = {"num_threads": None, "prefetch": 2, "hw_decoder_load": 0.65, "preallocate": None}
+    for batch in args.sweep_batches:
+        yield batch, {}
+        for name, values in axes.items():
+            for v in values:
+                if v != default[name]:
+                    yield batch, {name: v}
+    yield args.sweep_batches[0], {}
+
+
+def sweep(data, args, report):
+    rows, t0 = [], time.perf_counter()
+    for batch, settings in sweep_settings(args):
         try:
-            rate = loader_images_per_second(loader, epochs=args.epochs)
+            row = timed(data, args, batch, **settings)
         except ValueError as e:
-            print(f"batch {batch}: {e}")
+            print(f"batch {batch} {settings}: {e}")
             continue
-        rows.append({"hw_decoder_load": hw, "threads": threads, "prefetch": prefetch, "batch": batch, "img_s": rate})
-        print(f"hw_decoder_load {hw:4.2f} threads {threads:2d} prefetch {prefetch} batch {batch:3d}: {rate:8.0f} img/s",
-              flush=True)
-        del loader
+        rows.append(row)
+        report(rows)
+        print(f"[{time.perf_counter() - t0:5.0f} s] batch {batch} {settings or 'defaults'}: {row['img_s']} img/s, "
+              f"stall per epoch change {row['stall_s']} s, beyond streaming {row['overhead_s']} s", flush=True)
     return rows
+
+
+def numbers(kind):
+    return lambda text: [kind(x) for x in text.split(",") if x]
 
 
 def main(argv=None):
@@ -114,10 +173,29 @@ def main(argv=None):
     p.add_argument("-b", "--batch-size", type=int, default=64, help="batch (default: 64)")
     p.add_argument("--crop", type=int, default=224, help="crop (default: 224)")
     p.add_argument("-j", "--workers", type=int, default=os.cpu_count(),
-                   help=f"threads/processes (default: {os.cpu_count()})")
-    p.add_argument("--epochs", type=int, default=2, help="epochs timed per loader (default: 2)")
+                   help=f"threads/processes of the CPU comparison (default: {os.cpu_count()})")
+    p.add_argument("--epochs", type=int, default=3,
+                   help="epochs timed per loader, each a new pipeline handed over (default: 3)")
+    p.add_argument("--num-shards", type=int, default=1, help="time the loader of one rank of this many (default: 1)")
+    p.add_argument("--shard-id", type=int, default=0, help="that rank (default: 0)")
+    p.add_argument("--link-copies", type=int, default=1,
+                   help="list the training shards this many times (links, no new bytes), e.g. 128 for an index "
+                        "as large as ImageNet's from 10k demo images (default: 1)")
+    p.add_argument("--initial-fill", type=int, default=SHUFFLE_BUFFER,
+                   help=f"shuffle buffer in samples (default: {SHUFFLE_BUFFER}, the loader's)")
     p.add_argument("--sweep", action="store_true",
-                   help="also time GPU decoder settings: hw_decoder_load, threads, prefetch, batch (default: off)")
+                   help="time loader settings, one changed at a time from the defaults (default: off)")
+    p.add_argument("--sweep-batches", type=numbers(int), default=[256, 512],
+                   help="batch sizes of the sweep (default: 256,512)")
+    p.add_argument("--sweep-threads", type=numbers(int), default=[4, 6, 12], help="decoder threads (default: 4,6,12)")
+    p.add_argument("--sweep-prefetch", type=numbers(int), default=[1, 3, 4], help="prefetch depth (default: 1,3,4)")
+    p.add_argument("--sweep-hw-load", type=numbers(float), default=[0.0, 0.9, 1.0],
+                   help="hw_decoder_load, GPU only (default: 0,0.9,1)")
+    p.add_argument("--sweep-preallocate", type=numbers(int), default=[0, 640],
+                   help="decoder preallocation hint in pixels per side, 0 = none, GPU only (default: 0,640; the "
+                        "loader's own is 2 x crop)")
+    p.add_argument("--json", type=Path, default=None, help="also write the results here, after every run "
+                   "(default: none)")
     p.add_argument("--skip-baselines", action="store_true",
                    help="skip the DataLoader and decode-only runs (default: off)")
     args = p.parse_args(argv)
@@ -125,24 +203,40 @@ def main(argv=None):
     if not mf.manifest_path(data).is_file():
         build_shards.main(["--out", str(data), "--demo-train-per-class", "150", "--demo-val-per-class", "5",
                            "--shard-size", "500"])
+    base = data
+    if args.link_copies > 1:
+        data = linked_copies(data, args.link_copies)
     n = mf.load(data)["splits"]["train"]["num_samples"]
-    ours = make_loader(data, "train", args.batch_size, device=args.device, crop=args.crop, num_threads=args.workers)
-    result = {"device": args.device, "workers": args.workers, "samples": n, "batch": args.batch_size,
-              "dali_img_s": loader_images_per_second(ours, epochs=args.epochs)}
-    del ours
+    result = {"device": args.device, "samples": n, "num_shards": args.num_shards, "epochs": args.epochs}
+
+    def report(rows=None):
+        if rows is not None:
+            result["sweep"] = rows
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=1))
+
+    threads = args.workers if args.device == "cpu" else None  # on GPU: the loader's own default
+    result["dali"] = timed(data, args, args.batch_size, num_threads=threads)
+    report()
+    d = result["dali"]
+    print(f"DALI {d['img_s']} img/s over {args.epochs} epochs. Per epoch (s): build {d['build_s']}, first batch "
+          f"{d['first_batch_s']}, hand-over wait {d['wait_s']}, drop {d['drop_s']}; beyond streaming "
+          f"{d['overhead_s']}. Stall per epoch change {d['stall_s']} s = {100 * d['stall_vs_imagenet_epoch']:.2f}% "
+          f"of an ImageNet epoch of one of {args.num_shards} ranks at this pace ({d['imagenet_epoch_s']} s)",
+          flush=True)
     if args.sweep:
-        result["sweep"] = sweep(data, args)
-    if args.skip_baselines:
-        print(json.dumps(result, indent=1))
-        return
-    result["baseline_img_s"] = baseline_images_per_second(data, args.batch_size, args.crop, args.workers, n)
-    result["decode_only_img_s"] = decode_only_images_per_second(data, args.workers)
-    result["vs_baseline"] = result["dali_img_s"] / result["baseline_img_s"]
-    result["vs_decode_only"] = result["dali_img_s"] / result["decode_only_img_s"]
+        sweep(data, args, report)
+    if not args.skip_baselines:
+        ours = result["dali"]["img_s"]
+        result["baseline_img_s"] = baseline_images_per_second(base, args.batch_size, args.crop, args.workers, n)
+        result["decode_only_img_s"] = decode_only_images_per_second(base, args.workers)
+        result["vs_baseline"] = ours / result["baseline_img_s"]
+        result["vs_decode_only"] = ours / result["decode_only_img_s"]
+        print(f"DALI {ours:.0f} img/s = {result['vs_baseline']:.2f}x the DataLoader+webdataset+PIL "
+              f"baseline ({result['baseline_img_s']:.0f}) and {result['vs_decode_only']:.2f}x the decode-only limit "
+              f"({result['decode_only_img_s']:.0f}). Targets: >= 3x and >= 0.6x.")
+    report()
     print(json.dumps(result, indent=1))
-    print(f"DALI {result['dali_img_s']:.0f} img/s = {result['vs_baseline']:.2f}x the DataLoader+webdataset+PIL "
-          f"baseline ({result['baseline_img_s']:.0f}) and {result['vs_decode_only']:.2f}x the decode-only limit "
-          f"({result['decode_only_img_s']:.0f}). Targets: >= 3x and >= 0.6x.")
 
 
 if __name__ == "__main__":

@@ -1,52 +1,109 @@
-"""Forward+backward img/s of the split AlexNet vs the single-device (grouped) form on the same device.
+"""Forward+backward img/s of named ways to run one AlexNet replica (bench/model_variants.py), or where their time
+goes (--profile).
 
-    python bench/model.py                      # CPU, batch 32 (fp32)
-    python bench/model.py --device cuda        # GPU, batch 128, bf16 autocast + channels_last
+    python bench/model.py                                     # CPU, batch 32, fp32: torch's LRN vs the fast one
+    python bench/model.py --variants single,fast_lrn          # the split's cost over single-device (grouped)
+    python bench/model.py --device cuda -b 128 256 --variants torch_lrn,fast_lrn,fast_lrn_cudnn,compiled
+    python bench/model.py --device cuda -b 256 --variants torch_lrn,compiled --profile --out prof/
 
-The split form runs each column as its own kernels and concatenates at conv3/fc6/fc7/fc8; the grouped form runs
-one grouped convolution per layer. Target: the split costs <= 10% over single-device on the same device.
+Variants: torch_lrn (nn.LocalResponseNorm, as before issue 11), fast_lrn (model/lrn.py), fast_lrn_cudnn
+(+ cudnn.benchmark), compiled (+ torch.compile), compiled_torch_lrn, cudagraphs (compile mode reduce-overhead,
+GPU only), no_lrn (the ceiling), single / single_torch_lrn (grouped convolutions on one device). Split variants
+put both columns on --device. Repeats alternate over all (variant, batch) pairs; the best of each is reported.
 """
 import argparse
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 sys.path[0] = str(Path(__file__).resolve().parents[1])  # the repo root, not bench/ (this file is not `model`)
 
 import torch  # noqa: E402
 
-from bench.timing import fwd_bwd_images_per_second  # noqa: E402
-from model import AlexNet, GroupedAlexNet  # noqa: E402
+from bench.model_variants import build, cudnn_benchmark, measure, parse_variants  # noqa: E402
+from bench.profiling import markdown_table, profile_fwd_bwd  # noqa: E402
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    p.add_argument("--variants", default="torch_lrn,fast_lrn",
+                   help="comma-separated variant names, see above (default: torch_lrn,fast_lrn)")
+    p.add_argument("-b", "--batch-size", type=int, nargs="+", default=None,
+                   help="one or more batch sizes (default: 32 on CPU, 256 on GPU)")
+    p.add_argument("--crop", type=int, default=224, help="input size (default: 224)")
+    p.add_argument("--iters", type=int, default=None, help="timed steps per repeat (default: 5 on CPU, 30 on GPU)")
+    p.add_argument("--repeats", type=int, default=3, help="alternating repeats of every variant (default: 3)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast (default: on for CUDA, off on CPU)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels_last weights and input (default: on for CUDA, off on CPU)")
+    p.add_argument("--compile-backend", default="inductor",
+                   help="torch.compile backend of the compiled variants: inductor, aot_eager or eager "
+                        "(default: inductor)")
+    p.add_argument("--profile", action="store_true",
+                   help="instead of timing, profile each variant at the first batch size and print its top kernels "
+                        "(default: off)")
+    p.add_argument("--top", type=int, default=15, help="kernels listed per profile (default: 15)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="folder for model_bench.json (and chrome traces with --profile) (default: none)")
+    return p
+
+
+def run_profiles(args, variants, batch, kw):
+    results = {}
+    for v in variants:
+        model = build(v, args.device, channels_last=kw["channels_last"], compile_backend=args.compile_backend)
+        trace = args.out / f"trace_{v.name}.json" if args.out else None
+        with cudnn_benchmark(v.cudnn_benchmark):
+            prof = profile_fwd_bwd(model, batch, args.crop, args.device, amp=kw["amp"],
+                                   channels_last=kw["channels_last"], top=args.top, trace_path=trace)
+        results[v.name] = prof.as_dict()
+        unit = "GPU kernels" if prof.device_kind == "cuda" else "CPU ops"
+        print(f"\n{v.name}, batch {batch}: {prof.wall_ms_per_step:.1f} ms/step wall, {unit} "
+              f"{prof.kernel_ms_per_step:.1f} ms/step\n{markdown_table(prof.top)}")
+        del model
+    return results
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    p.add_argument("-b", "--batch-size", type=int, default=None, help="batch (default: 32 on CPU, 128 on GPU)")
-    p.add_argument("--iters", type=int, default=None, help="timed steps (default: 5 on CPU, 30 on GPU)")
-    p.add_argument("--repeats", type=int, default=3, help="alternating repeats of the pair (default: 3)")
-    args = p.parse_args(argv)
+    args = get_args_parser().parse_args(argv)
+    try:
+        variants = parse_variants(args.variants)
+    except ValueError as e:
+        get_args_parser().error(str(e))
     gpu = args.device.startswith("cuda")
-    batch = args.batch_size or (128 if gpu else 32)
-    kw = dict(amp=gpu, channels_last=gpu, iters=args.iters or (30 if gpu else 5), warmup=2)
-    torch.manual_seed(0)
-    grouped = GroupedAlexNet().to(args.device)
-    split = AlexNet().place(args.device, args.device)
-    if gpu:
-        grouped.to(memory_format=torch.channels_last)
-        split.to(memory_format=torch.channels_last)
-    rates = {"single": [], "split": []}
-    for _ in range(args.repeats):  # alternate, so drift of the machine hits both alike
-        rates["single"].append(fwd_bwd_images_per_second(grouped, batch, 224, args.device, **kw))
-        rates["split"].append(fwd_bwd_images_per_second(split, batch, 224, args.device, **kw))
-    best = {k: max(v) for k, v in rates.items()}
-    result = {"device": torch.cuda.get_device_name() if gpu else "cpu", "threads": torch.get_num_threads(),
-              "batch": batch, "single_img_s": best["single"], "split_img_s": best["split"],
-              "split_overhead": best["single"] / best["split"] - 1, "all": rates}
-    print(json.dumps(result, indent=1))
-    print(f"single-device {best['single']:.1f} img/s, split {best['split']:.1f} img/s: "
-          f"split costs {100 * result['split_overhead']:+.1f}% (target <= 10%)")
+    if gpu and not torch.cuda.is_available():
+        get_args_parser().error(f"--device {args.device}: no CUDA device here (use --device cpu)")
+    batches = args.batch_size or [256 if gpu else 32]
+    kw = dict(amp=gpu if args.amp is None else args.amp,
+              channels_last=gpu if args.channels_last is None else args.channels_last)
+    result = {"device": torch.cuda.get_device_name(torch.device(args.device)) if gpu else "cpu",
+              "threads": torch.get_num_threads(), "crop": args.crop, **kw}
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+    if args.profile:
+        result["profiles"] = run_profiles(args, variants, batches[0], kw)
+    else:
+        timings = measure(variants, args.device, batches, crop=args.crop, iters=args.iters or (30 if gpu else 5),
+                          repeats=args.repeats, compile_backend=args.compile_backend, **kw)
+        result["timings"] = [asdict(t) | {"best_img_s": t.best} for t in timings]
+        print(f"{result['device']}, {result['threads']} threads, amp={kw['amp']}, "
+              f"channels_last={kw['channels_last']}, best of {args.repeats}:")
+        for b in batches:
+            rows = [t for t in timings if t.batch == b]
+            base = rows[0].best
+            for t in rows:
+                shown = t.error or f"{t.best:,.1f} img/s" + (f"  ({t.best / base:.2f}x {rows[0].variant})"
+                                                             if base and t is not rows[0] else "")
+                print(f"  batch {b:4d}  {t.variant:20s} {shown}")
+    if args.out:
+        (args.out / "model_bench.json").write_text(json.dumps(result, indent=1))
+    else:
+        print(json.dumps(result, indent=1))
+    return 1 if any(t.get("error") for t in result.get("timings", [])) else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,5 +1,7 @@
 """Timing helpers shared by the benchmarks: synchronise before reading the clock, warm up first, report img/s."""
+import statistics
 import time
+from dataclasses import dataclass, field
 
 import torch
 
@@ -35,17 +37,40 @@ def fwd_bwd_images_per_second(model, batch, crop, input_device, *, amp=False, ch
     return batch * iters / (time.perf_counter() - start)
 
 
-def loader_images_per_second(loader, *, epochs=1, skip_batches=2):
-    """img/s of iterating `loader` (a DaliLoader), not counting its first `skip_batches` (pipeline start-up)."""
-    n, start = 0, None
+@dataclass
+class LoaderTiming:
+    """One loader timed over several epochs. img_s counts every batch after the first `skip_batches` against the
+    wall time, hand-overs included. overhead_s[k] is what epoch k+1 took beyond streaming its batches at the median
+    batch interval: the hand-over to its pipeline plus any stall while the following one was built in the
+    background. epochs: the loader's own EpochTiming per epoch (build, first batch, wait, drop)."""
+    img_s: float
+    median_batch_s: float
+    steps: int
+    overhead_s: list = field(default_factory=list)
+    epochs: list = field(default_factory=list)
+
+
+def time_loader(loader, *, epochs=1, skip_batches=2):
+    """Iterate `loader` (a DaliLoader) for `epochs` epochs and time it; see LoaderTiming."""
+    stamps, n, start, images = [], 0, None, None  # stamps[epoch] = times each batch arrived
     for epoch in range(epochs):
         loader.set_epoch(epoch)
+        stamps.append([])
         for step, (images, _, _) in enumerate(loader):
             if epoch == 0 and step == skip_batches:
                 sync(images.device)
                 start, n = time.perf_counter(), 0
             n += images.shape[0]
+            stamps[-1].append(time.perf_counter())  # no sync per batch: it would stall DALI's GPU prefetching
     if start is None:
         raise ValueError(f"the loader gave fewer than {skip_batches + 1} batches: use more data or a smaller batch")
     sync(images.device)
-    return n / (time.perf_counter() - start)
+    img_s = n / (time.perf_counter() - start)
+    median = statistics.median(b - a for s in stamps for a, b in zip(s, s[1:]))
+    overhead = [s[-1] - prev[-1] - len(s) * median for prev, s in zip(stamps, stamps[1:])]
+    return LoaderTiming(img_s, median, len(stamps[0]), overhead, getattr(loader, "epoch_timings", [])[-epochs:])
+
+
+def loader_images_per_second(loader, *, epochs=1, skip_batches=2):
+    """img/s of iterating `loader` (a DaliLoader), not counting its first `skip_batches` (pipeline start-up)."""
+    return time_loader(loader, epochs=epochs, skip_batches=skip_batches).img_s

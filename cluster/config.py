@@ -65,6 +65,7 @@ class TrainConfig:
     # replicas and devices
     workers: int
     min_workers: int
+    resize_check_s: float
     gpus_per_worker: float
     cpus_per_worker: float
     column1_device: str

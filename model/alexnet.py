@@ -12,10 +12,14 @@ Reconciling 224 with the paper's 55x55 conv1 output: (224 - 11) / 4 + 1 is not a
 numbers only work for a 227 input or with padding. We pad conv1 by 2: floor((224 + 4 - 11) / 4) + 1 = 55, and every
 later shape matches the paper (27x27x256, 13x13x384, 13x13x384, 13x13x256, 6x6x256 = 9216).
 
-Two details that are easy to get wrong:
+Three details that are easy to get wrong:
 - The paper's LRN is b = a / (k + alpha * sum a^2)^beta; torch's LocalResponseNorm divides alpha by the window
-  size n, so we pass alpha * n to get the paper's alpha = 1e-4.
+  size n, so we pass alpha * n to get the paper's alpha = 1e-4. ``lrn_impl="fast"`` (the default) is
+  model/lrn.py's FastLocalResponseNorm, the same math in fewer passes; ``"torch"`` is nn.LocalResponseNorm.
 - Each GPU normalised over its own 48 kernel maps only, so the grouped form applies LRN per column as well.
+- Dropout (section 4.2) zeroes the *outputs* of fc6 and fc7, one mask per neuron: in the split form each column
+  drops its own fc6/fc7 outputs before they are exchanged, so both columns see the same neurons dropped. The
+  pool5 features feeding fc6 are not dropped.
 
 An adaptive average pool to 6x6 sits before fc6: at 224 it is the identity (pool5 is already 6x6), and it lets the
 same weights run at smaller crops (the CPU demo trains at 112).
@@ -23,6 +27,8 @@ same weights run at smaller crops (the CPU demo trains at 112).
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from model.lrn import make_lrn
 
 # (name, in_channels of one column's input, out_channels per column, kernel, stride, padding, reads both columns)
 CONV_LAYERS = [
@@ -52,8 +58,9 @@ def _pool(overlapping):
     return nn.MaxPool2d(3, 2) if overlapping else nn.MaxPool2d(2, 2)
 
 
-def _lrn():
-    return nn.LocalResponseNorm(LRN_SIZE, alpha=LRN_ALPHA * LRN_SIZE, beta=LRN_BETA, k=LRN_K)
+def _lrn(enabled, impl, groups):
+    module = make_lrn(impl, LRN_SIZE, alpha=LRN_ALPHA * LRN_SIZE, beta=LRN_BETA, k=LRN_K, groups=groups)
+    return module if enabled else nn.Identity()
 
 
 def paper_init_(module):
@@ -90,13 +97,14 @@ def _init(module, init):
 
 
 class _Trunk(nn.Module):
-    """What the two forms share: options, activation, pooling and the classifier head's dropout."""
+    """What the two forms share: options, activation, pooling, LRN (over `lrn_groups` channel blocks) and the
+    dropout applied to the outputs of fc6 and fc7."""
 
-    def __init__(self, num_classes, activation, lrn, overlapping_pool, dropout):
+    def __init__(self, num_classes, activation, lrn, overlapping_pool, dropout, lrn_impl, lrn_groups):
         super().__init__()
         self.num_classes = num_classes
         self.act = _activation(activation)
-        self.lrn = _lrn() if lrn else nn.Identity()
+        self.lrn = _lrn(lrn, lrn_impl, lrn_groups)
         self.pool = _pool(overlapping_pool)
         self.drop = nn.Dropout(dropout)
 
@@ -105,8 +113,9 @@ class GroupedAlexNet(_Trunk):
     """Single-device AlexNet: both columns in one module, grouped convolutions where the columns do not talk."""
 
     def __init__(self, num_classes=1000, *, activation="relu", lrn=True, overlapping_pool=True, dropout=0.5,
-                 init="paper"):
-        super().__init__(num_classes, activation, lrn, overlapping_pool, dropout)
+                 init="paper", lrn_impl="fast"):
+        # LRN over two channel blocks: each column's maps normalised on their own, as on the paper's two GPUs
+        super().__init__(num_classes, activation, lrn, overlapping_pool, dropout, lrn_impl, lrn_groups=2)
         for name, cin, cout, k, s, p, crosses in CONV_LAYERS:
             groups = 1 if crosses or name == "conv1" else 2
             cin_total = cin if name == "conv1" else (cin if crosses else 2 * cin)
@@ -116,22 +125,18 @@ class GroupedAlexNet(_Trunk):
         self.fc8 = nn.Linear(2 * FC_WIDTH, num_classes)
         _init(self, init)
 
-    def _lrn_per_column(self, x):
-        a, b = x.chunk(2, dim=1)
-        return torch.cat([self.lrn(a), self.lrn(b)], dim=1)
-
     def features(self, x):
-        x = self.pool(self._lrn_per_column(self.act(self.conv1(x))))
-        x = self.pool(self._lrn_per_column(self.act(self.conv2(x))))
+        x = self.pool(self.lrn(self.act(self.conv1(x))))
+        x = self.pool(self.lrn(self.act(self.conv2(x))))
         x = self.act(self.conv3(x))
         x = self.act(self.conv4(x))
         x = self.pool(self.act(self.conv5(x)))
         return torch.flatten(F.adaptive_avg_pool2d(x, POOL5), 1)
 
     def forward(self, x):
-        x = self.act(self.fc6(self.drop(self.features(x))))
-        x = self.act(self.fc7(self.drop(x)))
-        return self.fc8(self.drop(x))
+        x = self.drop(self.act(self.fc6(self.features(x))))
+        x = self.drop(self.act(self.fc7(x)))
+        return self.fc8(x)
 
 
 class Column(nn.Module):
@@ -153,8 +158,8 @@ class AlexNet(_Trunk):
     """
 
     def __init__(self, num_classes=1000, *, activation="relu", lrn=True, overlapping_pool=True, dropout=0.5,
-                 init="paper"):
-        super().__init__(num_classes, activation, lrn, overlapping_pool, dropout)
+                 init="paper", lrn_impl="fast"):
+        super().__init__(num_classes, activation, lrn, overlapping_pool, dropout, lrn_impl, lrn_groups=1)
         self.columns = nn.ModuleList([Column(), Column()])
         self.fc8 = nn.Linear(2 * FC_WIDTH, num_classes)
         _init(self, init)
@@ -187,10 +192,11 @@ class AlexNet(_Trunk):
         h = [self.act(c.conv4(xi)) for c, xi in zip(cols, h)]
         h = [self.pool(self.act(c.conv5(xi))) for c, xi in zip(cols, h)]
         h = [F.adaptive_avg_pool2d(xi, POOL5) for xi in h]
-        h = [self.act(c.fc6(self.drop(torch.flatten(xi, 1)))) for c, xi in zip(cols, self._exchange(h))]
-        h = [self.act(c.fc7(self.drop(xi))) for c, xi in zip(cols, self._exchange(h))]
+        # each column drops its own fc6/fc7 outputs *before* the exchange: one mask per neuron, seen by both columns
+        h = [self.drop(self.act(c.fc6(torch.flatten(xi, 1)))) for c, xi in zip(cols, self._exchange(h))]
+        h = [self.drop(self.act(c.fc7(xi))) for c, xi in zip(cols, self._exchange(h))]
         both = torch.cat([xi.to(self.output_device, non_blocking=True) for xi in h], dim=1)
-        return self.fc8(self.drop(both))
+        return self.fc8(both)
 
 
 def _merge_columns(module, state_dict, prefix, local_metadata):

@@ -12,29 +12,51 @@ manifest), then mean/std normalisation; crop_flip=False trains on the centre cro
 augmentation"; lighting has its own switch). Evaluation: the centre crop, or the paper's ten patches (four corners and
 the centre, each also flipped) as (N, 10, 3, crop, crop).
 
-Epochs: a training pipeline lives across consecutive epochs (its shuffle buffer and random streams simply go on),
-and is rebuilt, seeded by (seed, epoch, shard), only when set_epoch() jumps, as when a run resumes at epoch k: so
-epoch order is a function of the seed and the epoch the pipeline started at. Every epoch reads each shard's samples
-exactly once either way. Rebuilding cost ~1.3 s per epoch on an H100 (measured), which is why it is not done always.
+Training order (pipeline/epoch_order.py): epoch e permutes the shard files by (seed, e) on every rank, rank r of
+`num_shards` reads its stretch of that order through a shuffle buffer, augmentation is seeded by (seed, e, r). What
+a rank yields is a pure function of (seed, epoch, rank, num_shards): a jump to epoch k (set_epoch, as on a resume,
+also at another world size) yields exactly what an uninterrupted loader of that size yields at epoch k. Every rank
+yields (N // num_shards) // batch_size full batches, so data-parallel ranks step together; each epoch reads every
+sample at most once across ranks, all but fewer than one batch per rank.
 
-Sharding: each of `num_shards` loaders reads its own contiguous part of the split (DALI's reader split by sample
-count). For evaluation the parts are padded to whole batches and the padding is trimmed, so all loaders together
-see every sample exactly once. For training every loader yields the same number of full batches
-((N // num_shards) // batch_size), so data-parallel ranks step together; the remainder waits for a later epoch's
-order.
+Shuffle buffer (`initial_fill`): 16384 samples by default, capped by the rank's share; how often batch-mates meet
+again: epoch_order.py. Host memory: about the buffer x the mean JPEG size per pipeline (measured: 33 KB per buffered
+sample with the demo set's 34 KB JPEGs, ~540 MB at 16384; ImageNet at 256 on the short side is of the same order),
+in the page cache when DALI can memory-map the tars (local files), in process memory when it cannot (network file
+systems). Two pipelines are alive while the next epoch is prepared (below): budget twice that.
+
+A pipeline per epoch, its reader over that epoch's stretch only (DALI 2.4's `shuffle_after_epoch` permutes files in
+one long-lived pipeline, but its buffer and random state carry over epochs: a resume could not reproduce an epoch).
+The next one is built in a background thread from the current epoch's second batch on, first batch included: there
+the reader parses its index and fills its buffer in DALI's threads (lazy_init), as a parse inside build() would
+hold the GIL and stall training. Per epoch, build() and dropping the old pipeline at the hand-over (at once, for its
+GPU memory) still hold the GIL: ~0.13 s of CPU on a 2-core box for one rank of 8 over ImageNet's index.
+`epoch_timings` records them and the wait per epoch. A jump to another epoch builds synchronously.
+
+Evaluation: each of `num_shards` loaders reads its own fixed contiguous part of the split (DALI's reader split by
+sample count), padded to whole batches with the padding trimmed, so all loaders together see every sample exactly
+once; its pipeline lives for the loader's lifetime.
 """
+import contextlib
 import math
 import os
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
+from pipeline import epoch_order
 from pipeline import manifest as mf
+from pipeline.epoch_order import shard_range
 
 OUTPUTS = ["images", "labels", "indices"]
 TEN_CROP_POSITIONS = [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (0.5, 0.5)]  # corners, then centre
+SHUFFLE_BUFFER = 16384  # samples; see the module docstring for the choice and its memory
 
 
 def _lighting_mean(mean, stats, strength):
@@ -55,15 +77,19 @@ def _lighting_mean(mean, stats, strength):
 
 @pipeline_def
 def _pipeline(tars, idxs, *, mixed, train, crop, resize, ten_crop, rrc, shard_id, num_shards, stats, lighting,
-              half, initial_fill, hw_decoder_load, roi_decode, crop_flip):
+              half, initial_fill, hw_decoder_load, roi_decode, preallocate, crop_flip):
+    # Training: the reader gets only this epoch's stretch of this rank (shard 0 of 1), parsed lazily so that the
+    # parse runs in DALI's threads, not under the GIL in build(). Evaluation: a fixed part, padded to whole batches.
+    # tensor_init_bytes=0: the default 1 MB reserved per output of each buffered sample made dropping a pipeline
+    # (under the GIL) ~3x slower here, and memory-mapped samples never use it.
     jpegs, labels, indices = fn.readers.webdataset(
         paths=tars, index_paths=idxs, ext=["jpg", "cls64", "idx64"],
         dtypes=[types.UINT8, types.INT64, types.INT64], missing_component_behavior="error",
-        shard_id=shard_id, num_shards=num_shards, stick_to_shard=True, pad_last_batch=not train,
-        random_shuffle=train, initial_fill=initial_fill, name="reader")
+        shard_id=shard_id, num_shards=num_shards, stick_to_shard=not train, pad_last_batch=not train,
+        random_shuffle=train, initial_fill=initial_fill, lazy_init=train, tensor_init_bytes=0, name="reader")
     # The mixed decoder still Huffman-decodes on CPU threads; the hints only avoid reallocations.
-    decode = dict(device="mixed", hw_decoder_load=hw_decoder_load, preallocate_width_hint=2 * crop,
-                  preallocate_height_hint=2 * crop) if mixed else dict(device="cpu")
+    hints = dict(preallocate_width_hint=preallocate, preallocate_height_hint=preallocate) if preallocate else {}
+    decode = dict(device="mixed", hw_decoder_load=hw_decoder_load, **hints) if mixed else dict(device="cpu")
     mean, std = stats["mean"], stats["std"]
     dtype = types.FLOAT16 if half else types.FLOAT
     random_pos = dict(crop_pos_x=fn.random.uniform(range=(0.0, 1.0)), crop_pos_y=fn.random.uniform(range=(0.0, 1.0)))
@@ -94,9 +120,24 @@ def _pipeline(tars, idxs, *, mixed, train, crop, resize, ten_crop, rrc, shard_id
     return out, labels, indices
 
 
-def shard_range(n, shard_id, num_shards):
-    """The [start, end) samples DALI's reader gives shard `shard_id` of `num_shards`."""
-    return n * shard_id // num_shards, n * (shard_id + 1) // num_shards
+@dataclass
+class EpochTiming:
+    """How one training epoch's pipeline came and went, in seconds. build_s: defining and building it (DALI's
+    build holds the GIL); first_batch_s: its first batch (index parse and buffer fill, in DALI's threads);
+    wait_s: what the consumer waited for it at the hand-over (about 0 when prepared in the background in time);
+    drop_s: dropping it after the epoch (DALI frees it under the GIL)."""
+    epoch: int
+    prepared: bool
+    build_s: float
+    first_batch_s: float
+    wait_s: float = 0.0
+    drop_s: float = 0.0
+
+
+@dataclass
+class _EpochPipeline:
+    iterator: DALIGenericIterator
+    timing: EpochTiming
 
 
 class DaliLoader:
@@ -104,8 +145,8 @@ class DaliLoader:
 
     def __init__(self, data_dir, split, batch_size, *, shard_id=0, num_shards=1, device="cpu", device_id=None,
                  train=True, crop=224, resize=None, ten_crop=False, random_resized_crop=False, lighting=0.1,
-                 dtype="float32", seed=0, epoch=0, num_threads=None, initial_fill=1024, verify=False,
-                 hw_decoder_load=0.65, prefetch=2, roi_decode=True, crop_flip=True):
+                 dtype="float32", seed=0, epoch=0, num_threads=None, initial_fill=SHUFFLE_BUFFER, verify=False,
+                 hw_decoder_load=0.65, prefetch=2, roi_decode=True, preallocate=None, crop_flip=True):
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
         if dtype not in ("float32", "float16", "bfloat16"):
@@ -116,6 +157,8 @@ class DaliLoader:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if random_resized_crop and not crop_flip:
             raise ValueError("random_resized_crop=True is a random crop: it cannot be combined with crop_flip=False")
+        if initial_fill < 1:
+            raise ValueError(f"initial_fill (the shuffle buffer) must be >= 1 sample, got {initial_fill}")
         self.manifest = mf.load(data_dir)
         files = mf.split_files(data_dir, self.manifest, split)
         problems = [p for tar, idx, entry in files for p in mf.check_shard(tar, idx, entry, deep=verify)]
@@ -123,6 +166,7 @@ class DaliLoader:
             raise mf.ManifestError("; ".join(problems))
         self.tars = [str(t) for t, _, _ in files]
         self.idxs = [str(i) for _, i, _ in files]
+        self.counts = [entry["num_samples"] for _, _, entry in files]
         self.num_samples = self.manifest["splits"][split]["num_samples"]
         start, end = shard_range(self.num_samples, shard_id, num_shards)
         self.shard_samples = end - start
@@ -135,6 +179,7 @@ class DaliLoader:
         if resize < crop:
             raise ValueError(f"resize {resize} is smaller than crop {crop}")
         self.split, self.batch_size, self.train = split, batch_size, train
+        self.shard_id, self.num_shards = shard_id, num_shards
         self.device, self.dtype, self.seed, self.epoch = device, dtype, seed, epoch
         if device_id is None and device == "cuda":
             device_id = torch.cuda.current_device()
@@ -147,50 +192,123 @@ class DaliLoader:
             mixed=device == "cuda", train=train, crop=crop, ten_crop=ten_crop, rrc=random_resized_crop,
             # shards built at this size already have it on the shorter side: skip a resize that changes nothing
             resize=None if (built == resize and not self.manifest["build"]["center_crop"]) else resize,
-            shard_id=shard_id, num_shards=num_shards, stats=self.manifest["stats"], lighting=lighting,
-            half=dtype == "float16", initial_fill=min(initial_fill, max(1, self.shard_samples)),
-            hw_decoder_load=hw_decoder_load, roi_decode=roi_decode, crop_flip=crop_flip)
+            stats=self.manifest["stats"], lighting=lighting, half=dtype == "float16",
+            initial_fill=min(initial_fill, max(1, self.shard_samples)), hw_decoder_load=hw_decoder_load,
+            roi_decode=roi_decode, preallocate=2 * crop if preallocate is None else preallocate, crop_flip=crop_flip)
         self.prefetch = prefetch
-        self._iter = None  # the live DALI iterator
-        self._next_epoch = None  # the epoch the live training pipeline would produce next
+        self.epoch_timings = []  # EpochTiming per training epoch started
+        self._eval_iter = None  # evaluation: one pipeline for the loader's lifetime
+        self._prepared = None  # training: (epoch, Future of _EpochPipeline) being built in the background
+        self._pool = None
 
     def __len__(self):
         if self.train:  # identical on every shard: data-parallel ranks must take the same number of steps
-            return (self.num_samples // self.options["num_shards"]) // self.batch_size
+            return (self.num_samples // self.num_shards) // self.batch_size
         return math.ceil(self.shard_samples / self.batch_size)
 
     def set_epoch(self, epoch):
         """The epoch the next iteration produces; see the module docstring for how order depends on it."""
         self.epoch = epoch
 
-    def _build(self, seed):
-        pipe = _pipeline(self.tars, self.idxs, batch_size=self.batch_size, num_threads=self.num_threads,
-                         device_id=self.device_id, seed=seed, prefetch_queue_depth=self.prefetch, **self.options)
-        pipe.build()
-        policy = LastBatchPolicy.DROP if self.train else LastBatchPolicy.PARTIAL
-        return DALIGenericIterator(pipe, OUTPUTS, reader_name="reader", last_batch_policy=policy, auto_reset=False)
+    def _outputs(self, batch):
+        out = batch[0]
+        images = out["images"]
+        if self.dtype == "bfloat16":
+            images = images.to(torch.bfloat16)
+        return images, out["labels"].view(-1).long(), out["indices"].view(-1).long()
 
     def __iter__(self):
-        if self._iter is None or (self.train and self.epoch != self._next_epoch):
-            self._iter = None  # drop the old pipeline before building its replacement (GPU memory)
-            seed = self.seed
-            if self.train:
-                seed = int(np.random.SeedSequence([self.seed, self.epoch, self.options["shard_id"]])
-                           .generate_state(1)[0]) % (2**31 - 1)
-            self._iter = self._build(seed)
+        if not self.train:
+            yield from self._evaluation_epoch()
+            return
+        epoch, steps = self.epoch, len(self)
+        run = self._start(epoch)
+        try:
+            for step in range(steps):
+                # The reader covers at least steps * batch_size samples (its stretch), so this never runs dry.
+                yield self._outputs(next(run.iterator))
+                if step == 0:  # the consumer came back for more: a real epoch, not a peek at one batch
+                    self._prepare(epoch + 1)
+        finally:
+            t0 = time.perf_counter()
+            run.iterator = None  # the pipeline goes now, not at garbage collection: its GPU memory is needed
+            run.timing.drop_s = time.perf_counter() - t0
+        self.epoch = epoch + 1
+
+    def _start(self, epoch):
+        """This epoch's pipeline: the one prepared in the background if it is this epoch's, else built now."""
+        t0 = time.perf_counter()
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None and prepared[0] == epoch:
+            run = prepared[1].result()
         else:
-            self._iter.reset()
-        steps = len(self)
-        for step, batch in enumerate(self._iter):
-            if step >= steps:  # a shard one sample larger than the shortest: read, not yielded (ranks stay in step)
-                continue
-            out = batch[0]
-            images = out["images"]
-            if self.dtype == "bfloat16":
-                images = images.to(torch.bfloat16)
-            yield images, out["labels"].view(-1).long(), out["indices"].view(-1).long()
-        self.epoch += 1
-        self._next_epoch = self.epoch
+            _drop(prepared)  # a jump (as on resume): the prepared epoch, if any, is not wanted
+            run = self._build_epoch(epoch)
+        run.timing.prepared = prepared is not None and prepared[0] == epoch
+        run.timing.wait_s = time.perf_counter() - t0
+        self.epoch_timings.append(run.timing)
+        return run
+
+    def _prepare(self, epoch):
+        if self._prepared is None:
+            self._pool = self._pool or ThreadPoolExecutor(max_workers=1, thread_name_prefix="dali-next-epoch")
+            self._prepared = (epoch, self._pool.submit(self._build_epoch, epoch))
+
+    def _build_epoch(self, epoch):
+        """Build `epoch`'s pipeline over this rank's stretch and produce its first batch (which parses the index
+        and fills the shuffle buffer); safe to run in a background thread."""
+        t0 = time.perf_counter()
+        parts = epoch_order.rank_parts(self.counts, self.seed, epoch, self.shard_id, self.num_shards)
+        seed = int(np.random.SeedSequence([self.seed, epoch, self.shard_id]).generate_state(1)[0]) % (2**31 - 1)
+        cuda = self.device == "cuda"
+        stream = torch.cuda.Stream(self.device_id) if cuda else None
+        with tempfile.TemporaryDirectory(prefix="dali-epoch-index-") as tmp:
+            idxs = epoch_order.part_indexes(parts, self.idxs, self.counts, tmp)
+            pipe = _pipeline([self.tars[p.file] for p in parts], idxs, batch_size=self.batch_size,
+                             num_threads=self.num_threads, device_id=self.device_id, seed=seed,
+                             prefetch_queue_depth=self.prefetch, shard_id=0, num_shards=1, **self.options)
+            pipe.build()
+            t1 = time.perf_counter()
+            # No reader_name: the iterator never ends by itself (__iter__ takes len(self) batches). The first
+            # batch is made here, on a stream of this thread, and synchronised before another thread uses it.
+            # The index files may go once it exists: the reader parsed them for it.
+            with torch.cuda.stream(stream) if cuda else contextlib.nullcontext():
+                iterator = DALIGenericIterator(pipe, OUTPUTS, prepare_first_batch=True)
+            if cuda:
+                stream.synchronize()
+        return _EpochPipeline(iterator, EpochTiming(epoch, False, t1 - t0, time.perf_counter() - t1))
+
+    def _evaluation_epoch(self):
+        if self._eval_iter is None:
+            pipe = _pipeline(self.tars, self.idxs, batch_size=self.batch_size, num_threads=self.num_threads,
+                             device_id=self.device_id, seed=self.seed, prefetch_queue_depth=self.prefetch,
+                             shard_id=self.shard_id, num_shards=self.num_shards, **self.options)
+            self._eval_iter = DALIGenericIterator(pipe, OUTPUTS, reader_name="reader",
+                                                  last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=False)
+        else:
+            self._eval_iter.reset()
+        for batch in self._eval_iter:
+            images, labels, indices = self._outputs(batch)
+            # Every shard is read for as many batches as the largest one needs; a shard one sample shorter whose
+            # size divides by the batch gets an empty last batch: not a batch, and len() does not count it.
+            if len(labels):
+                yield images, labels, indices
+
+    def close(self):
+        """Drop the pipelines and the background thread now (else at garbage collection)."""
+        prepared, self._prepared = self._prepared, None
+        _drop(prepared)
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+        self._eval_iter = None
+
+
+def _drop(prepared):
+    """Wait for an unwanted background build and drop its pipeline; an error it hit would recur in the epoch
+    that is built instead, where it is raised."""
+    if prepared is not None and prepared[1].exception() is None:
+        prepared[1].result().iterator = None
 
 
 def make_loader(data_dir, split, batch_size, **kwargs):

@@ -46,9 +46,15 @@ def test_services_commands_and_health():
     assert "ray start --head --block" in head["command"] and head["healthcheck"]["test"][1:3] == ["ray", "health-check"]
     for name in ("ray-worker", "trainer"):
         assert services[name]["depends_on"]["ray-head"]["condition"] == "service_healthy"
-    assert "--address=ray-head:6379" in services["ray-worker"]["command"]
-    trainer = " ".join(services["trainer"]["command"])
-    assert "pipeline/build_shards.py --out /data/shards" in trainer and "manifest.json" in trainer
+    worker, trainer = (" ".join(services[name]["command"]) for name in ("ray-worker", "trainer"))
+    assert "exec ray start --address=ray-head:6379 --block" in worker
+    assert "pipeline/build_shards.py --out /data/shards --resume" in trainer
+    # the trainer builds unless finished shards are there; the worker joins once they are (see compose.yaml)
+    finished = "manifest.load('/data/shards')"
+    assert f"if ! python -c \"from pipeline import manifest; {finished}\"" in trainer
+    assert f"until python -c \"from pipeline import manifest; {finished}\"" in worker
+    gpu_worker = " ".join(load("compose.gpu.yaml")["services"]["ray-worker"]["command"])
+    assert f"until python -c \"from pipeline import manifest; {finished}\"" in gpu_worker
 
 
 def test_trainer_flags_are_accepted_by_launch():
@@ -74,15 +80,56 @@ def test_published_ports_bind_localhost_only():
         for name, svc in load(doc)["services"].items():
             for port in svc.get("ports", []):
                 assert str(port).startswith("127.0.0.1:"), f"{doc} {name} publishes {port}"
-    assert load("docker/rayjob.yaml")["spec"]["rayClusterSpec"]["headGroupSpec"]["rayStartParams"]["dashboard-host"] \
-        == "127.0.0.1"
+    ports = [expand(p) for p in load("compose.yaml")["services"]["ray-head"]["ports"]]
+    assert ports == ["127.0.0.1:8265:8265", "127.0.0.1:10001:10001"]
+    assert expand(load("compose.yaml")["services"]["ray-head"]["ports"][0], {"DASHBOARD_PORT": "0"}) \
+        == "127.0.0.1:0:8265"  # any free host port (the docker test's), still on 127.0.0.1
+
+
+def merged_services(*docs):
+    """The services of `docker compose -f a -f b`, as far as image and build go (later files override keys)."""
+    merged = {}
+    for doc in docs:
+        for name, svc in load(doc)["services"].items():
+            merged.setdefault(name, {}).update({k: v for k, v in svc.items() if k in ("image", "build")})
+    return merged
+
+
+@pytest.mark.parametrize("docs", [("compose.yaml",), ("compose.yaml", "compose.gpu.yaml")])
+def test_image_is_built_once_and_never_pulled(docs):
+    services = merged_services(*docs)
+    builders = [name for name, svc in services.items() if "build" in svc]
+    assert builders == ["ray-head"], f"{docs}: services that build the image: {builders}"
+    assert len({expand(svc["image"]) for svc in services.values()}) == 1, services  # one image for all
+    base = load("compose.yaml")["services"]
+    for name, svc in base.items():
+        assert svc["pull_policy"] == "never", name  # no registry has it: compose builds it before any container
+        if name != "ray-head":  # `docker compose up trainer` must bring in (and build) ray-head too
+            assert "ray-head" in svc["depends_on"], name
+
+
+def test_trainer_output_has_no_per_report_ray_info_lines():
+    # Ray Train V2 logs "Reporting training result ..." at INFO on every report of every rank, past LoggingConfig
+    for name, svc in load("compose.yaml")["services"].items():
+        assert svc["environment"]["RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING"] == "0", name
+
+
+def test_kuberay_dashboard_reachable_in_cluster_only():
+    cluster = load("docker/rayjob.yaml")["spec"]["rayClusterSpec"]
+    head = cluster["headGroupSpec"]
+    # the job submitter talks to the head service on 8265: the dashboard must listen on the pod's address
+    assert head["rayStartParams"]["dashboard-host"] == "0.0.0.0"
+    # ... and that service must never leave the cluster; the job API needs Ray's token inside it
+    assert head["serviceType"] == "ClusterIP" and head["enableIngress"] is False
+    assert "headService" not in head  # a custom service could set another type
+    assert cluster["authOptions"]["mode"] == "token"
 
 
 def test_gpu_override_reserves_two_gpus_per_worker():
     worker = load("compose.gpu.yaml")["services"]["ray-worker"]
     (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
     assert device["count"] == 2 and device["capabilities"] == ["gpu"]
-    assert "--num-gpus=2" in worker["command"]
+    assert "--num-gpus=2" in " ".join(worker["command"])
     assert load("compose.yaml")["services"]["ray-worker"].get("deploy") is None  # the default needs no GPU
 
 
@@ -97,7 +144,7 @@ def test_kuberay_manifest_shape():
 def test_dockerfile_copies_and_runs_what_exists():
     text = (ROOT / "docker" / "Dockerfile").read_text()
     for line in text.splitlines():
-        if line.startswith("COPY "):
+        if line.startswith("COPY ") and "--from=" not in line:  # --from copies out of an earlier stage
             for src in line.split()[1:-1]:
                 assert (ROOT / src).exists(), src
     assert re.search(r"^USER (?!root)\w+", text, re.M)
@@ -108,6 +155,15 @@ def test_dockerfile_copies_and_runs_what_exists():
     for pin in (ROOT / "docker" / "constraints.txt").read_text().split():
         if "==" in pin:
             assert re.fullmatch(r"[\w.-]+==[\w.]+", pin), pin
+
+
+def test_dependency_layer_does_not_depend_on_readme_or_code():
+    # torch, DALI and Ray take minutes to reinstall: only the dependency list and the pins may key that layer
+    lines = (ROOT / "docker" / "Dockerfile").read_text().splitlines()
+    final = lines[max(i for i, line in enumerate(lines) if line.startswith("FROM ")):]
+    install = next(i for i, line in enumerate(final) if "-r requirements.txt" in line)
+    copied = [w for line in final[:install] if line.startswith("COPY ") for w in line.split()[1:-1]]
+    assert copied == ["docker/constraints.txt", "--from=requirements", "/tmp/requirements.txt"], copied
 
 
 def test_dockerignore_keeps_data_runs_and_venvs_out():

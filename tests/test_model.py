@@ -1,9 +1,10 @@
-"""The paper's AlexNet: shapes, parameter count, split == grouped, column isolation, init, switches, placement."""
+"""The paper's AlexNet: shapes, parameter count, split == grouped, column isolation, init, switches, placement,
+dropout on the outputs of fc6 and fc7."""
 import pytest
 import torch
 from torch import nn
 
-from model import AlexNet, GroupedAlexNet
+from model import AlexNet, FastLocalResponseNorm, GroupedAlexNet, GroupedLocalResponseNorm
 
 PAPER_SHAPES = {"conv1": (96, 55, 55), "pool1": (96, 27, 27), "conv2": (256, 27, 27), "pool2": (256, 13, 13),
                 "conv3": (384, 13, 13), "conv4": (384, 13, 13), "conv5": (256, 13, 13), "pool5": (256, 6, 6),
@@ -79,11 +80,10 @@ def test_columns_talk_only_at_conv3_and_the_fc_layers():
     clean = dict(outputs)
     net.columns[0].conv2.register_forward_pre_hook(lambda m, i: (i[0] + torch.randn_like(i[0]),))
     net(x)
-    for layer in ("conv2", "conv4", "conv5"):
-        assert torch.equal(outputs[f"1.{layer}"], clean[f"1.{layer}"]) or layer != "conv2"
     assert torch.equal(outputs["1.conv2"], clean["1.conv2"])  # column 1's conv2 never sees column 0
     assert not torch.equal(outputs["0.conv2"], clean["0.conv2"])
-    assert not torch.equal(outputs["1.conv3"], clean["1.conv3"])  # conv3 reads both columns
+    for layer in ("conv3", "conv4", "conv5"):  # conv3 reads both columns, and column 1 carries that on
+        assert not torch.equal(outputs[f"1.{layer}"], clean[f"1.{layer}"]), layer
     # and the other way round: perturbing column 1 after conv3 leaves column 0's conv4 and conv5 alone
     net2 = AlexNet(num_classes=10, dropout=0.0).eval()
     net2.load_state_dict(net.state_dict())
@@ -116,8 +116,15 @@ def test_each_switch_changes_only_its_part():
     base = GroupedAlexNet()
     kinds = lambda net: [type(m).__name__ for m in net.modules()]  # noqa: E731
     assert "Tanh" in kinds(GroupedAlexNet(activation="tanh")) and "ReLU" not in kinds(GroupedAlexNet(activation="tanh"))
-    assert isinstance(GroupedAlexNet(lrn=False).lrn, nn.Identity) and isinstance(base.lrn, nn.LocalResponseNorm)
+    assert isinstance(GroupedAlexNet(lrn=False).lrn, nn.Identity) and isinstance(base.lrn, FastLocalResponseNorm)
     assert base.lrn.alpha == pytest.approx(1e-4 * 5) and base.lrn.k == 2 and base.lrn.beta == 0.75
+    assert base.lrn.size == 5 and base.lrn.groups == 2 and AlexNet().lrn.groups == 1  # per column in both forms
+    assert not list(base.buffers()) and not list(AlexNet().buffers())  # nothing for DDP to broadcast every step
+    reference = GroupedAlexNet(lrn_impl="torch").lrn
+    assert isinstance(reference, GroupedLocalResponseNorm) and reference.groups == 2
+    assert reference.norm.alpha == pytest.approx(1e-4 * 5) and reference.norm.k == 2 and reference.norm.size == 5
+    with pytest.raises(ValueError, match="lrn_impl"):
+        AlexNet(lrn_impl="cuda")
     assert (base.pool.kernel_size, base.pool.stride) == (3, 2)
     no_overlap = GroupedAlexNet(overlapping_pool=False)
     assert (no_overlap.pool.kernel_size, no_overlap.pool.stride) == (2, 2)
@@ -168,3 +175,71 @@ def test_columns_on_cuda_and_cpu_match_grouped():
     if torch.cuda.device_count() >= 2:
         split.place("cuda:0", "cuda:1")
         assert torch.allclose(split(x.cuda()).cpu(), ref, rtol=1e-3, atol=1e-4)
+
+
+class ScriptedDropout(nn.Module):
+    """Stands in for nn.Dropout: each call multiplies by the next given mask, so two forms can draw the same masks."""
+
+    def __init__(self, masks):
+        super().__init__()
+        self.masks = list(masks)
+
+    def forward(self, x):
+        return x * self.masks.pop(0)
+
+
+def inputs_of(module, store, key):
+    return module.register_forward_pre_hook(lambda m, i: store.__setitem__(key, i[0].detach().clone()))
+
+
+def test_dropout_spares_the_pool5_features_feeding_fc6():
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 112, 112)
+    for net in (AlexNet(num_classes=10), GroupedAlexNet(num_classes=10)):
+        fc6s = [net.fc6] if isinstance(net, GroupedAlexNet) else [c.fc6 for c in net.columns]
+        seen = {}
+        for i, fc6 in enumerate(fc6s):
+            inputs_of(fc6, seen, f"train{i}")
+        net.train()(x)
+        train = dict(seen)
+        net.eval()(x)
+        for i in range(len(fc6s)):
+            assert torch.equal(train[f"train{i}"], seen[f"train{i}"]), type(net).__name__
+
+
+def test_both_columns_see_one_dropout_mask_per_neuron():
+    torch.manual_seed(0)
+    net = AlexNet(num_classes=10).train()
+    seen = {}
+    for c in (0, 1):
+        inputs_of(net.columns[c].fc7, seen, f"fc7.{c}")
+        net.columns[c].fc7.register_forward_hook(lambda m, i, o, c=c: seen.__setitem__(f"fc7out.{c}", o.detach()))
+    inputs_of(net.fc8, seen, "fc8")
+    net(torch.randn(8, 3, 112, 112))
+    a, b = seen["fc7.0"], seen["fc7.1"]
+    assert torch.equal(a == 0, b == 0)  # the same fc6 neurons are dropped for both columns
+    # fc8 reads fc7's outputs after ReLU and dropout: each either dropped or kept (scaled by 1 / (1 - p) = 2)
+    active = torch.cat([seen["fc7out.0"], seen["fc7out.1"]], dim=1).relu()
+    kept = seen["fc8"] != 0
+    assert torch.allclose(seen["fc8"][kept], 2 * active[kept])
+    assert 0.4 < 1 - kept[active > 0].float().mean() < 0.6  # about half of the active neurons dropped (p = 0.5)
+
+
+def test_split_equals_grouped_with_dropout_when_both_draw_the_same_masks():
+    split, grouped = pair(num_classes=10)
+    batch, half = 3, 2048
+    torch.manual_seed(1)
+    m6, m7 = [torch.bernoulli(torch.full((batch, 2 * half), 0.5)) * 2 for _ in range(2)]  # one mask per neuron
+    grouped.drop = ScriptedDropout([m6, m7])
+    # the split form drops column 0's then column 1's outputs of fc6, then of fc7: the halves of the same masks
+    split.drop = ScriptedDropout([m6[:, :half], m6[:, half:], m7[:, :half], m7[:, half:]])
+    x = torch.randn(batch, 3, 112, 112)
+    ys, yg = split.train()(x), grouped.train()(x)
+    assert split.drop.masks == [] and grouped.drop.masks == []  # dropout ran exactly where expected, no more
+    assert torch.allclose(ys, yg, rtol=1e-5, atol=1e-6)
+    ys.square().sum().backward()
+    yg.square().sum().backward()
+    merged = torch.cat([split.columns[0].fc6.weight.grad, split.columns[1].fc6.weight.grad])
+    ref = grouped.fc6.weight.grad
+    assert torch.allclose(merged, ref, rtol=1e-4, atol=1e-7 + 1e-5 * ref.abs().max())
+    assert (ref.abs().sum(1) == 0).any()  # the dropped fc6 neurons got no gradient in this batch of 3 (1/8 each)

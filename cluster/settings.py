@@ -1,0 +1,167 @@
+"""From launch.py's flags to one TrainConfig: presets, the recipe for the replica count, --resume rules, and the
+resources each replica gets. Every message says which flag and what to do."""
+import dataclasses
+import math
+from pathlib import Path
+
+from cluster.config import PRESETS, TrainConfig, default_warmup_epochs, scaled_lr
+from pipeline import build_shards
+from pipeline import manifest as mf
+
+# Flags that may differ from the saved config on --resume: where and how the run goes on, not what it computes.
+# (--workers/--min-workers re-apply the lr rule in the workers, which read the world size they get.)
+CHANGEABLE_ON_RESUME = ("epochs", "max_failures", "print_freq", "address", "wait_for_resources", "workers",
+                        "min_workers", "resize_check_s", "cpus_per_worker", "gpus_per_worker", "threads", "backend",
+                        "column1_device", "compile", "inject_failure")
+RUN_IDENTITY = ("name", "output_dir", "resume")  # they pick the run to resume
+FLAG_TO_FIELD = {"lr": "base_lr"}  # the one flag whose config field has another name
+
+
+class LaunchError(Exception):
+    """Bad flags or an unusable cluster; the message says what to do."""
+
+
+def flag_name(dest):
+    return {"threads": "-j/--threads", "wd": "--wd"}.get(dest, "--" + dest.replace("_", "-"))
+
+
+def ensure_data(data, default_data):
+    """The shard folder to train on, building the demo set when no --data was given and none is there."""
+    path = Path(data) if data is not None else default_data
+    if mf.manifest_path(path).is_file():
+        return path.resolve()
+    if data is not None:
+        raise LaunchError(f"--data {path}: no manifest.json there. Build shards first: "
+                          f"python pipeline/build_shards.py --src IMAGENET --out {path}")
+    print(f"no shards in {path}: building the embedded demo set there first (python pipeline/build_shards.py)")
+    if build_shards.main(["--out", str(path)]) != 0:
+        raise LaunchError(f"building the demo set in {path} failed (see above)")
+    return path.resolve()
+
+
+def default_preset(manifest):
+    """demo on a set the builder generated itself (no --src), paper on real data."""
+    return "demo" if manifest["build"].get("src") is None else "paper"
+
+
+def new_config(args, default_data):
+    """A fresh run's TrainConfig from the flags (resources are planned later, once Ray is up)."""
+    data = ensure_data(args.data, default_data)
+    manifest = mf.load(data)
+    preset_name = args.preset or default_preset(manifest)
+    how = "given" if args.preset else ("the embedded demo set" if preset_name == "demo" else "real data")
+    print(f"preset {preset_name} ({how}; --preset {'paper' if preset_name == 'demo' else 'demo'} for the other)")
+    preset = PRESETS[preset_name]
+    pick = {k: getattr(args, k) if getattr(args, k) is not None else getattr(preset, k)
+            for k in ("batch_size", "epochs", "crop", "init", "lr_patience")}
+    min_workers = args.min_workers if args.min_workers is not None else args.workers
+    peak = scaled_lr(args.lr, args.workers * pick["batch_size"], args.lr_scaling)
+    warmup = args.warmup_epochs if args.warmup_epochs is not None else default_warmup_epochs(args.lr, peak)
+    output_dir = args.output_dir.resolve()
+    cfg = TrainConfig(
+        data=str(data), num_classes=len(manifest["classes"]), preset=preset_name, activation=args.activation,
+        lrn=args.lrn, overlapping_pool=args.overlapping_pool, dropout=args.dropout,
+        random_resized_crop=args.random_resized_crop, base_lr=args.lr, lr_scaling=args.lr_scaling,
+        warmup_epochs=warmup, momentum=args.momentum, wd=args.wd, lr_schedule=args.lr_schedule,
+        lr_step_size=args.lr_step_size, seed=args.seed, workers=args.workers, min_workers=min_workers,
+        resize_check_s=args.resize_check_s,
+        gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
+        column1_device=args.column1_device, backend=args.backend, threads=args.threads, amp=args.amp,
+        compile=args.compile, name=args.name, output_dir=str(output_dir),
+        storage=args.storage or str(output_dir), max_failures=args.max_failures,
+        wait_for_resources=args.wait_for_resources, print_freq=args.print_freq, address=args.address,
+        inject_failure=args.inject_failure, **pick)
+    check(cfg, manifest)
+    return cfg
+
+
+def resumed_config(args, explicit):
+    """The saved TrainConfig with the changeable flags applied (and said); any other flag given with another value
+    than the saved one is an error naming it, never silently ignored."""
+    run_dir = args.output_dir.resolve() / args.name
+    try:
+        saved = TrainConfig.load(run_dir)
+    except FileNotFoundError:
+        raise LaunchError(f"--resume: no run at {run_dir} (config.json missing). "
+                          "Check --output-dir and --name.") from None
+    except (ValueError, TypeError) as e:
+        raise LaunchError(f"--resume: {run_dir / 'config.json'} cannot be read: {e}") from None
+    changes = {}
+    for dest in sorted(explicit - set(RUN_IDENTITY)):
+        field, value = FLAG_TO_FIELD.get(dest, dest), getattr(args, dest)
+        if dest == "data":
+            value = str(Path(value).resolve())
+        old = getattr(saved, field)
+        if value == old:
+            continue
+        if dest not in CHANGEABLE_ON_RESUME:
+            raise LaunchError(f"--resume: {flag_name(dest)} {value} differs from the run's saved value {old!r} "
+                              f"({run_dir / 'config.json'}); it would change what the run computes. Drop the flag, "
+                              "or start a new run with another --name.")
+        changes[field] = value
+    if "workers" in changes and "min_workers" not in changes:  # a fixed-size run stays fixed-size
+        changes["min_workers"] = changes["workers"] if saved.min_workers == saved.workers else \
+            min(saved.min_workers, changes["workers"])
+    for field, value in changes.items():
+        print(f"--resume: {flag_name(field)} {value} applied (was {getattr(saved, field)!r})")
+    cfg = dataclasses.replace(saved, **changes)
+    check(cfg, mf.load(cfg.data))
+    return cfg
+
+
+def check(cfg, manifest):
+    for name in ("workers", "min_workers", "batch_size", "epochs", "crop", "print_freq"):
+        if getattr(cfg, name) < 1:
+            raise LaunchError(f"{flag_name(name)} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.min_workers > cfg.workers:
+        raise LaunchError(f"--min-workers {cfg.min_workers} is more than --workers {cfg.workers}.")
+    gpus = cfg.gpus_per_worker
+    if gpus is not None and not (gpus == 0 or 0 < gpus <= 1 or gpus == 2):
+        raise LaunchError(f"--gpus-per-worker must be 0, a fraction up to 1, or 2 (one replica spans at most two "
+                          f"GPUs), got {gpus:g}")
+    if cfg.resize_check_s < 0:
+        raise LaunchError(f"--resize-check-s must be >= 0, got {cfg.resize_check_s:g}")
+    if cfg.warmup_epochs < 0:
+        raise LaunchError(f"--warmup-epochs must be >= 0, got {cfg.warmup_epochs}")
+    per_shard = manifest["splits"]["train"]["num_samples"] // cfg.workers
+    if cfg.batch_size > per_shard:
+        raise LaunchError(f"-b/--batch-size {cfg.batch_size} is larger than a worker's share of the training set "
+                          f"({per_shard} images with {cfg.workers} workers). Use a smaller batch or fewer workers.")
+    if not manifest["splits"]["val"]["num_samples"]:
+        raise LaunchError(f"--data {cfg.data}: no validation split; rebuild the shards with a val/ folder.")
+
+
+def plan_resources(cfg, available):
+    """Fill in GPUs, CPUs, threads and backend from the cluster; a cluster too small is an error (or a wait)."""
+    gpus = cfg.gpus_per_worker if cfg.gpus_per_worker is not None else (2.0 if available.get("GPU", 0) else 0.0)
+    whole_gpus = gpus >= 1 and cfg.column1_device == "gpu"
+    backend = cfg.backend or ("nccl" if whole_gpus else "gloo")
+    if backend == "nccl" and not whole_gpus:
+        raise LaunchError("--backend nccl needs whole GPUs per replica with both columns on them: NCCL refuses two "
+                          "ranks on one GPU and cannot reduce CPU tensors. Use --backend gloo.")
+    if gpus == 0:
+        print("no GPUs requested or found: training on CPU with gloo (both columns of each replica on the CPU)")
+    elif backend == "gloo":
+        print(f"{gpus:g} GPU(s) per replica, column 1 on {cfg.column1_device}: replicas talk over gloo")
+    cpus = cfg.cpus_per_worker
+    if cpus is None:  # fractional shares, so 4 workers fit on a 2-core machine
+        cpus = max(0.25, min(8.0, math.floor(4 * available.get("CPU", 1) / cfg.workers) / 4))
+    threads = cfg.threads if cfg.threads is not None else max(1, round(cpus))
+    cfg = dataclasses.replace(cfg, gpus_per_worker=gpus, cpus_per_worker=cpus, threads=threads, backend=backend)
+    check_resources(cfg, available)
+    return cfg.with_derived()
+
+
+def check_resources(cfg, available):
+    """Stop with a clear message instead of letting Ray wait forever for workers that cannot be placed."""
+    need_cpu, need_gpu = cfg.min_workers * cfg.cpus_per_worker, cfg.min_workers * cfg.gpus_per_worker
+    have_cpu, have_gpu = available.get("CPU", 0), available.get("GPU", 0)
+    if need_cpu <= have_cpu + 1e-9 and need_gpu <= have_gpu + 1e-9:
+        return
+    replicas = f"--workers {cfg.workers}" if cfg.min_workers == cfg.workers else f"--min-workers {cfg.min_workers}"
+    msg = (f"{replicas} needs {need_cpu:g} CPUs and {need_gpu:g} GPUs ({cfg.cpus_per_worker:g} CPUs, "
+           f"{cfg.gpus_per_worker:g} GPUs each); the cluster has {have_cpu:g} CPUs and {have_gpu:g} GPUs. Use fewer "
+           "--workers, lower --gpus-per-worker/--cpus-per-worker, add nodes, or pass --wait-for-resources.")
+    if not cfg.wait_for_resources:
+        raise LaunchError(msg)
+    print(f"waiting for resources: {msg}")

@@ -1,0 +1,146 @@
+"""Past one machine: a real multi-node Ray cluster on this machine (a head and worker nodes as separate raylets, each
+with its own CPUs), replicas spread over the nodes, a node killed with SIGKILL mid-run, and elastic replicas.
+
+The launcher runs as its own process, as a user would start it (`launch.py --address HEAD`), while the test kills a
+node under it. Each test takes a few minutes on 2 cores."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from ray.cluster_utils import Cluster
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def cluster():
+    """A head without CPUs (it schedules; the driver and Ray Train's controller live there) plus worker nodes added
+    by the test, each a raylet of its own with 1 CPU."""
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    yield c
+    c.shutdown()
+
+
+def add_nodes(cluster, n):
+    nodes = [cluster.add_node(num_cpus=1) for _ in range(n)]
+    cluster.wait_for_nodes()
+    return nodes
+
+
+def descendants(pid):
+    """Every process under `pid`, from /proc (parent ids are field 4 of /proc/PID/stat)."""
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def kill_node(cluster, node):
+    """kill -9 a node's raylet and everything under it (its workers, agents), then forget it."""
+    raylet = node.all_processes["raylet"][0].process.pid
+    for pid in [*descendants(raylet), raylet]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    cluster.remove_node(node, allow_graceful=False)
+
+
+def start_launcher(cluster, data, out, *flags):
+    env = {**os.environ, "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "30"}  # a stale view of a dead node: fail fast
+    cmd = [sys.executable, "cluster/launch.py", "--address", cluster.address, "--data", str(data),
+           "--output-dir", str(out), "--name", "mn", "-b", "8", "--crop", "64", "--cpus-per-worker", "1",
+           "--print-freq", "100", *map(str, flags)]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def rows(run_dir):
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def wait_for_epochs(proc, run_dir, n, timeout=300):
+    deadline = time.time() + timeout
+    while len(rows(run_dir)) < n:
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            raise AssertionError(f"no epoch {n} (exit {proc.poll()}):\n{proc.stdout.read()[-5000:]}")
+        time.sleep(0.5)
+    return rows(run_dir)
+
+
+def finish(proc, timeout=600):
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    assert proc.returncode == 0, out[-8000:]
+    return out
+
+
+def node_of(nodes, node_id):
+    return next(n for n in nodes if n.node_id == node_id)
+
+
+def test_replicas_spread_over_nodes_and_survive_a_lost_node(cluster, demo_shards, tmp_path):
+    nodes = add_nodes(cluster, 3)  # 2 replicas of 1 CPU each: one node to spare
+    proc = start_launcher(cluster, demo_shards, tmp_path, "--workers", 2, "--epochs", 4, "--max-failures", 1)
+    first = wait_for_epochs(proc, tmp_path / "mn", 1)[0]
+    assert len(set(first["nodes"])) == 2  # one replica per node: the ranks really are on different raylets
+    victim = node_of(nodes, first["nodes"][1])
+    kill_node(cluster, victim)
+    out = finish(proc)
+    run_dir = tmp_path / "mn"
+    history = rows(run_dir)
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4]  # every epoch once, whatever was re-run
+    assert all(r["replicas"] == 2 and r["val_images"] == 50 for r in history)
+    assert victim.node_id not in history[-1]["nodes"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["failures"] >= 1 and summary["nodes_lost"] >= 1 and summary["epochs"] == 4
+    assert "lost node" in out
+
+
+def test_elastic_run_goes_on_with_the_replicas_that_fit(cluster, demo_shards, tmp_path):
+    nodes = add_nodes(cluster, 3)
+    proc = start_launcher(cluster, demo_shards, tmp_path, "--workers", 3, "--min-workers", 2, "--epochs", 5,
+                          "--max-failures", 1)
+    first = wait_for_epochs(proc, tmp_path / "mn", 1)[0]
+    assert first["replicas"] == 3 and len(set(first["nodes"])) == 3
+    kill_node(cluster, node_of(nodes, first["nodes"][2]))
+    finish(proc)
+    history = rows(tmp_path / "mn")
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4, 5]
+    replicas = [r["replicas"] for r in history]
+    assert replicas[0] == 3 and replicas[-1] == 2 and replicas == sorted(replicas, reverse=True)
+    for r in history:  # the data re-split over the new world: still every validation image once
+        assert r["val_images"] == 50 and r["global_batch_size"] == 8 * r["replicas"]
+        assert r["lr"] == pytest.approx(0.01 * 8 * r["replicas"] / 128)  # the lr rule re-applied
+    summary = json.loads((tmp_path / "mn" / "summary.json").read_text())
+    assert summary["replicas_per_epoch"] == replicas and summary["nodes_lost"] >= 1
+
+
+def test_elastic_run_grows_back_when_a_node_returns(cluster, demo_shards, tmp_path):
+    add_nodes(cluster, 2)  # room for 2 of the 3 replicas asked for: an elastic run starts with what fits
+    proc = start_launcher(cluster, demo_shards, tmp_path, "--workers", 3, "--min-workers", 2, "--epochs", 6,
+                          "--resize-check-s", 5)
+    assert wait_for_epochs(proc, tmp_path / "mn", 1)[0]["replicas"] == 2
+    add_nodes(cluster, 1)
+    finish(proc)
+    replicas = [r["replicas"] for r in rows(tmp_path / "mn")]
+    assert len(replicas) == 6 and replicas[0] == 2 and replicas[-1] == 3 and replicas == sorted(replicas)
