@@ -1,0 +1,223 @@
+"""docs/ABLATIONS.md and its figures from the runs of bench/ablate.py: per variant, mean and spread over seeds, the
+paper's claim beside it, and a verdict decided by one stated rule."""
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+FIGURE1_ERROR = 0.25  # the paper's Figure 1 threshold: epochs to 25% training error
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What the paper says about switching a technique off. sign: +1 when the paper says the error rises without
+    it; `measure` is what the verdict looks at."""
+    text: str
+    measure: str  # "val" (validation top-1 error), "train" (clean training error), "gap" (train-val gap),
+    #               "speed" (epochs to 25% training error)
+    sign: int = 1
+
+
+CLAIMS = {
+    "tanh": Claim("ReLU reaches 25% training error ~6x faster than tanh (Fig. 1: a 4-layer net on CIFAR-10); "
+                  "'several times faster' in general (sec. 3.1)", "speed"),
+    "no_lrn": Claim("LRN lowers top-1 / top-5 error by 1.4% / 1.2% (sec. 3.3)", "val"),
+    "no_overlap": Claim("overlapping pooling lowers top-1 / top-5 error by 0.4% / 0.3%, and overlapping models "
+                        "overfit slightly less (sec. 3.4)", "val"),
+    "no_dropout": Claim("without dropout the net 'exhibits substantial overfitting'; dropout roughly doubles the "
+                        "iterations needed to converge (sec. 4.2)", "gap"),
+    "no_augment": Claim("without the crops and flips the net 'suffers from substantial overfitting' (sec. 4.1)", "gap"),
+    "no_lighting": Claim("PCA lighting lowers top-1 error by over 1% (sec. 4.1)", "val"),
+    "no_wd": Claim("weight decay 'was important for the model to learn': it lowers the training error, not only "
+                   "the validation error (sec. 5)", "train"),
+}
+
+
+@dataclass
+class Summary:
+    """One variant over its seeds."""
+    name: str
+    label: str
+    seeds: int
+    val: list  # final validation top-1 error per seed
+    train: list  # final clean training error per seed
+    to25: list  # epochs to 25% training error per seed (None: not within the budget)
+    seconds: list
+    val_images: int
+    train_images: int
+
+    @property
+    def gap(self):
+        return [v - t for v, t in zip(self.val, self.train)]
+
+
+def mean(xs):
+    return float(np.mean(xs))
+
+
+def spread(xs):
+    """Sample standard deviation over seeds (0 with one seed)."""
+    return float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0
+
+
+def noise_of_difference(values_a, values_b, rates_a, rates_b, images):
+    """Standard error of mean(values_a) - mean(values_b) over seeds: from the seeds' spreads, but never below what a
+    finite evaluation set of `images` gives on its own (the binomial standard error of the error rates the values
+    come from), since two seeds can agree by chance."""
+    se_seeds = math.sqrt(spread(values_a) ** 2 / len(values_a) + spread(values_b) ** 2 / len(values_b))
+    pa, pb = mean(rates_a), mean(rates_b)
+    se_binomial = math.sqrt(pa * (1 - pa) / (images * len(rates_a)) + pb * (1 - pb) / (images * len(rates_b)))
+    return max(se_seeds, se_binomial)
+
+
+def _speed_ratio(variant, full, epochs):
+    """Mean epochs to 25% training error, variant / full recipe; a not-reached run counts as the whole budget
+    (so the ratio is then a lower bound, marked '>')."""
+    v = [e if e is not None else epochs for e in variant.to25]
+    f = [e if e is not None else epochs for e in full.to25]
+    return mean(v) / mean(f), any(e is None for e in variant.to25), any(e is None for e in full.to25)
+
+
+def verdict(claim, variant, full, epochs):
+    """The rule: the measured difference (variant - full recipe) must exceed twice its standard error
+    (noise_of_difference) to count; in the paper's direction it is 'reproduced', against it 'contradicted', else
+    'not visible at this scale'. For the speed claim: reproduced when the full recipe (ReLU) reaches 25% training
+    error at least 2x sooner ('several times faster'), contradicted when not sooner at all."""
+    if claim.measure == "speed":
+        ratio, _, full_missing = _speed_ratio(variant, full, epochs)
+        if full_missing:
+            return "not visible at this scale"
+        return "reproduced" if ratio >= 2 else ("contradicted" if ratio <= 1 else "not visible at this scale")
+    if claim.measure == "train":
+        a, b, rates, images = variant.train, full.train, (variant.train, full.train), full.train_images
+    elif claim.measure == "gap":  # the gap's noise is dominated by the validation set's
+        a, b, rates, images = variant.gap, full.gap, (variant.val, full.val), full.val_images
+    else:
+        a, b, rates, images = variant.val, full.val, (variant.val, full.val), full.val_images
+    diff = mean(a) - mean(b)
+    noise = noise_of_difference(a, b, *rates, images)
+    if abs(diff) <= 2 * noise:
+        return "not visible at this scale"
+    return "reproduced" if diff * claim.sign > 0 else "contradicted"
+
+
+def _pct(x):
+    return f"{100 * x:.1f}"
+
+
+def _mean_pm(xs):
+    return f"{_pct(mean(xs))} ± {_pct(spread(xs))}" if len(xs) > 1 else _pct(mean(xs))
+
+
+def _epochs_to(summary, epochs):
+    got = [str(e) if e is not None else f">{epochs}" for e in summary.to25]
+    return ", ".join(got)
+
+
+def measured(claim, variant, full, epochs):
+    """The variant's effect on the measure its claim is about, as text."""
+    if claim.measure == "speed":
+        ratio, lower_bound, full_missing = _speed_ratio(variant, full, epochs)
+        return "ReLU never reached 25%" if full_missing else f"{'>' if lower_bound else ''}{ratio:.1f}x the epochs"
+    a, b, what = {"train": (variant.train, full.train, "train error"),
+                  "gap": (variant.gap, full.gap, "gap")}.get(claim.measure, (variant.val, full.val, "val error"))
+    return f"{100 * (mean(a) - mean(b)):+.1f} {what}"
+
+
+def table(summaries, epochs):
+    full = summaries[0]
+    rows = ["| variant | val top-1 error % | final train error % | train-val gap % | epochs to 25% train error | "
+            "time / run | effect (vs full) | the paper's claim | verdict |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for s in summaries:
+        claim = CLAIMS.get(s.name)
+        effect = measured(claim, s, full, epochs) if claim else ""
+        rows.append(f"| {s.label} | {_mean_pm(s.val)} | {_mean_pm(s.train)} | {_mean_pm(s.gap)} | "
+                    f"{_epochs_to(s, epochs)} | {mean(s.seconds) / 60:.1f} min | {effect} | "
+                    f"{claim.text if claim else '(the reference)'} | "
+                    f"{verdict(claim, s, full, epochs) if claim else ''} |")
+    return "\n".join(rows)
+
+
+def plot_curves(results_by_variant, labels, path):
+    """One panel per variant: training error (as trained) and validation top-1 error vs epoch, every seed."""
+    n = len(results_by_variant)
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False, sharey=True)
+    for ax, (name, runs) in zip(axes.flat, results_by_variant.items()):
+        for i, r in enumerate(runs):
+            epochs = [h.epoch for h in r.history]
+            ax.plot(epochs, [h.train_error for h in r.history], color="tab:blue", alpha=0.8,
+                    label="train (as trained)" if i == 0 else None)
+            ax.plot(epochs, [h.val_top1_error for h in r.history], color="tab:red", alpha=0.8,
+                    label="val top-1" if i == 0 else None)
+        ax.set(title=labels[name], xlabel="epoch", ylim=(0, 1))
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    axes[0, 0].set_ylabel("error")
+    axes[0, 0].legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_figure1(relu_runs, tanh_runs, path):
+    """The paper's Figure 1: training error vs epoch, ReLU solid, tanh dashed, the 25% line."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for runs, style, name in ((relu_runs, "-", "ReLU"), (tanh_runs, "--", "tanh")):
+        for i, r in enumerate(runs):
+            ax.plot([h.epoch for h in r.history], [h.train_error for h in r.history], style, color="k",
+                    alpha=0.9 if i == 0 else 0.45, label=name if i == 0 else None)
+    ax.axhline(FIGURE1_ERROR, color="tab:gray", lw=0.8)
+    ax.set(xlabel="epoch", ylabel="training error rate (as trained)", ylim=(0, 1),
+           title="ReLU (solid) vs tanh (dashed), as in the paper's Figure 1")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def summarise(variants, results, val_images, train_images):
+    out = []
+    for v in variants:
+        runs = results[v.name]
+        out.append(Summary(v.name, v.label, len(runs), [r.final_val_error for r in runs],
+                           [r.final_train_error for r in runs], [r.epochs_to(FIGURE1_ERROR) for r in runs],
+                           [r.seconds for r in runs], val_images, train_images))
+    return out
+
+
+def write_report(path, figures_dir, variants, results, *, context):
+    """Write the markdown table and the figures; `context` is a dict of the run's settings for the text."""
+    path, figures_dir = Path(path), Path(figures_dir)
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    labels = {v.name: v.label for v in variants}
+    summaries = summarise(variants, results, context["val_images"], context["train_images"])
+    epochs = context["epochs"]
+    plot_curves({v.name: results[v.name] for v in variants}, labels, figures_dir / "curves.png")
+    figure1 = "tanh" in results
+    if figure1:
+        plot_figure1(results[variants[0].name], results["tanh"], figures_dir / "figure1_relu_tanh.png")
+    rel = figures_dir.relative_to(path.parent) if figures_dir.is_relative_to(path.parent) else figures_dir
+    speed = ""
+    if figure1:
+        tanh = next(s for s in summaries if s.name == "tanh")
+        ratio, lower_bound, full_missing = _speed_ratio(tanh, summaries[0], epochs)
+        speed = (f"\nEpochs to 25% training error (as trained): ReLU {_epochs_to(summaries[0], epochs)}, tanh "
+                 f"{_epochs_to(tanh, epochs)} (per seed); steps = epochs x {context['steps_per_epoch']}. "
+                 + ("ReLU did not reach 25% within the budget, so no ratio." if full_missing else
+                    f"tanh / ReLU = {'>' if lower_bound else ''}{ratio:.1f}x (the paper: ~6x).") + "\n")
+    text = context["header"] + "\n\n" + table(summaries, epochs) + "\n" + speed + "\n" + context["rule"] + "\n\n"
+    text += f"![training curves per variant]({rel}/curves.png)\n"
+    if figure1:
+        text += f"\n![ReLU vs tanh, Figure 1 style]({rel}/figure1_relu_tanh.png)\n"
+    text += "\n" + context["footer"] + "\n"
+    path.write_text(text)
+    return summaries

@@ -1,0 +1,137 @@
+"""One ablation run: a variant of the paper's recipe trained single-process (no Ray) on the DALI CPU loader, with the
+training step and evaluation the cluster runs (cluster/loop.py), and its per-epoch history.
+
+The variants switch one technique off at a time (model/alexnet.py's activation, lrn, overlapping_pool, dropout; the
+loader's crop_flip and lighting; the optimizer's weight decay); everything else, seeds included, stays equal.
+"""
+import dataclasses
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from cluster.loop import LrSchedule, evaluate, make_optimizer, train_one_epoch
+from model import AlexNet
+from pipeline.loader import make_loader
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the ablation: the full recipe with (at most) one switch changed."""
+    name: str
+    label: str
+    activation: str = "relu"
+    lrn: bool = True
+    overlapping_pool: bool = True
+    dropout: float = 0.5
+    crop_flip: bool = True  # random crop + horizontal flip (the paper's translations and reflections)
+    lighting: float = 0.1  # PCA lighting noise strength; 0 turns it off
+    wd: float = 5e-4
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What every variant gets alike."""
+    epochs: int
+    batch_size: int = 32
+    lr: float = 0.01
+    momentum: float = 0.9
+    lr_decay_epoch: int = 0  # lr / 10 from this epoch on (0: never)
+    crop: int = 112
+    init: str = "he"  # "he" (he_init_ below) or one of model.INITS
+    threads: int = 2
+
+
+@dataclass
+class EpochRecord:
+    epoch: int  # 1-based
+    train_loss: float
+    train_error: float  # top-1 on the augmented batches as they were trained on (the paper's Figure 1 measure)
+    val_top1_error: float
+    val_top5_error: float
+    lr: float
+    seconds: float  # wall time of the epoch's training and validation
+
+
+@dataclass
+class RunResult:
+    variant: str
+    seed: int
+    budget: dict
+    steps_per_epoch: int
+    history: list = field(default_factory=list)  # [EpochRecord]
+    final_train_error: float = float("nan")  # clean: centre crop, dropout off, every training image once
+    seconds: float = 0.0
+
+    @property
+    def final_val_error(self):
+        return self.history[-1].val_top1_error
+
+    def epochs_to(self, train_error):
+        """First epoch whose training error (as trained) is at most `train_error`; None if never reached."""
+        return next((h.epoch for h in self.history if h.train_error <= train_error), None)
+
+    def to_json(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d):
+        return cls(**{**d, "history": [EpochRecord(**h) for h in d["history"]]})
+
+
+def he_init_(model):
+    """The model's "kaiming" init with the convolutions drawn for their fan-in instead of their fan-out (He et al.'s
+    own default mode): the fully connected layers keep N(0, 0.01), biases 0.
+
+    Why: with fan-out convolutions the signal shrinks ~40x by conv5 (conv1 alone has 32x more outputs than inputs
+    per pixel), the logits start at ~0.005, and on this set the net sat at chance for ~250 steps (loss 2.30 ->
+    2.28 after 10 epochs, measured): most of the budget, and a plateau whose length depends on the switches (no
+    LRN = larger activations = an earlier escape) and would be measured in their place. Fan-in convolutions keep
+    the signal's scale to conv5, and the logits start at 0.1-1.3 for every variant."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+
+
+def build_model(variant, budget, num_classes):
+    # The split form on one device, as a CPU worker of the cluster runs it.
+    model = AlexNet(num_classes, activation=variant.activation, lrn=variant.lrn,
+                    overlapping_pool=variant.overlapping_pool, dropout=variant.dropout,
+                    init="kaiming" if budget.init == "he" else budget.init)
+    if budget.init == "he":
+        he_init_(model)
+    return model.place("cpu", "cpu")
+
+
+def train_variant(variant, budget, data_dir, seed, *, log=print):
+    """Train `variant` for budget.epochs with `seed` (weights, data order, augmentation, dropout); a RunResult."""
+    torch.manual_seed(seed)
+    torch.set_num_threads(budget.threads)
+    device = torch.device("cpu")
+    common = dict(crop=budget.crop, seed=seed, num_threads=budget.threads, device="cpu")
+    train_loader = make_loader(data_dir, "train", budget.batch_size, train=True, crop_flip=variant.crop_flip,
+                               lighting=variant.lighting, **common)
+    val_loader = make_loader(data_dir, "val", budget.batch_size, train=False, **common)
+    model = build_model(variant, budget, len(train_loader.manifest["classes"]))
+    opt = make_optimizer(model, budget.lr, budget.momentum, variant.wd)
+    schedule = LrSchedule(base_lr=budget.lr, warmup_epochs=0, schedule="step",
+                          step_size=budget.lr_decay_epoch or budget.epochs + 1)
+    result = RunResult(variant.name, seed, dataclasses.asdict(budget), len(train_loader))
+    start = time.time()
+    for epoch in range(budget.epochs):
+        t0 = time.time()
+        train_loader.set_epoch(epoch)
+        m = train_one_epoch(model, opt, train_loader, epoch=epoch, schedule=schedule, peak_lr=budget.lr,
+                            device=device, epochs=budget.epochs)
+        top1, top5, _ = evaluate(model, val_loader, device)
+        rec = EpochRecord(epoch + 1, m["train_loss"], m["train_top1_error"], top1, top5,
+                          schedule.lr(budget.lr, epoch), time.time() - t0)
+        result.history.append(rec)
+        log(f"  {variant.name} seed {seed} epoch {rec.epoch}/{budget.epochs}: loss {rec.train_loss:.3f}, "
+            f"train error {rec.train_error:.3f}, val top-1 error {top1:.3f} ({rec.seconds:.0f}s)")
+    clean_train = make_loader(data_dir, "train", budget.batch_size, train=False, **common)
+    result.final_train_error = evaluate(model, clean_train, device)[0]
+    result.seconds = time.time() - start
+    return result

@@ -1,0 +1,101 @@
+"""bench/ablate.py: the verdict rule, the centre-crop training loader it needs, and the --quick run end to end."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from bench import ablate
+from bench.ablation_report import CLAIMS, Summary, verdict
+from pipeline.loader import make_loader
+
+
+def summary(name, val, train=None, to25=None, val_images=500):
+    n = len(val)
+    return Summary(name, name, n, list(val), list(train or [0.0] * n), list(to25 or [1] * n), [1.0] * n, val_images,
+                   800)
+
+
+@pytest.mark.parametrize("val, expected", [
+    ([0.40, 0.41], "reproduced"),  # LRN off: error clearly up, as the paper says
+    ([0.20, 0.21], "contradicted"),  # clearly down
+    ([0.305, 0.31], "not visible at this scale"),  # within noise
+])
+def test_verdict_on_validation_error(val, expected):
+    full = summary("full", [0.30, 0.30])
+    assert verdict(CLAIMS["no_lrn"], summary("no_lrn", val), full, epochs=30) == expected
+
+
+def test_verdict_needs_more_than_the_validation_sets_own_noise():
+    # Two seeds that agree exactly have no spread; 2 points on 100 images is still inside the binomial noise.
+    full = summary("full", [0.30, 0.30], val_images=100)
+    assert verdict(CLAIMS["no_lrn"], summary("no_lrn", [0.32, 0.32], val_images=100), full, 30) == \
+        "not visible at this scale"
+    full = summary("full", [0.30, 0.30], val_images=20000)
+    assert verdict(CLAIMS["no_lrn"], summary("no_lrn", [0.32, 0.32], val_images=20000), full, 30) == "reproduced"
+
+
+def test_verdict_on_overfitting_uses_the_train_val_gap():
+    full = summary("full", [0.30, 0.30], train=[0.25, 0.25])
+    overfit = summary("no_dropout", [0.30, 0.31], train=[0.0, 0.01])  # same val error, far larger gap
+    assert verdict(CLAIMS["no_dropout"], overfit, full, 30) == "reproduced"
+
+
+@pytest.mark.parametrize("relu, tanh, expected", [
+    ([3, 4], [12, None], "reproduced"),  # tanh 4x slower or never
+    ([3, 4], [5, 5], "not visible at this scale"),  # faster, but not 'several times'
+    ([5, 5], [4, 5], "contradicted"),
+    ([None, None], [None, None], "not visible at this scale"),  # neither gets there
+])
+def test_verdict_on_relu_speed(relu, tanh, expected):
+    full = summary("full", [0.3, 0.3], to25=relu)
+    assert verdict(CLAIMS["tanh"], summary("tanh", [0.3, 0.3], to25=tanh), full, epochs=20) == expected
+
+
+def test_centre_crop_training_loader_matches_evaluation(demo_shards):
+    """crop_flip=False (and no lighting): every training image is the evaluation's centre crop, never flipped,
+    while the order is still shuffled."""
+    kw = dict(crop=112, seed=3, num_threads=1)
+    evaluation = {}
+    for images, _, idx in make_loader(demo_shards, "train", 20, train=False, **kw):
+        evaluation.update({int(i): img for i, img in zip(idx, images)})
+    order = []
+    for images, _, idx in make_loader(demo_shards, "train", 20, train=True, crop_flip=False, lighting=0.0, **kw):
+        for i, img in zip(idx, images):
+            assert torch.equal(img, evaluation[int(i)]), f"sample {int(i)} differs from its centre crop"
+            order.append(int(i))
+    assert len(order) == 120 and order != sorted(order)
+
+
+def test_random_resized_crop_cannot_be_centre_cropped(demo_shards):
+    with pytest.raises(ValueError, match="crop_flip"):
+        make_loader(demo_shards, "train", 8, random_resized_crop=True, crop_flip=False)
+
+
+def test_bad_variant_name_is_a_clear_error(capsys):
+    assert ablate.main(["--quick", "--variants", "full,dropout"]) == 2
+    assert "--variants: unknown dropout" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_quick_run_writes_the_report_and_reuses_finished_runs(tmp_path, capsys):
+    paths = ["--data", tmp_path / "data", "--out", tmp_path / "ABLATIONS.md", "--figures", tmp_path / "fig",
+             "--runs-dir", tmp_path / "runs"]
+    argv = ["--quick", *map(str, paths)]
+    assert ablate.main(argv) == 0
+    text = (tmp_path / "ABLATIONS.md").read_text()
+    for variant in ablate.VARIANTS:
+        assert f"| {variant.label} |" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "variant" not in line]
+    verdicts = [line.rstrip(" |").rsplit("|", 1)[-1].strip() for line in rows[1:]]
+    assert len(verdicts) == len(ablate.VARIANTS) - 1
+    assert set(verdicts) <= {"reproduced", "not visible at this scale", "contradicted"}
+    for png in ("curves.png", "figure1_relu_tanh.png"):
+        assert (tmp_path / "fig" / png).stat().st_size > 10_000
+    run = json.loads((tmp_path / "runs" / "tanh-seed0.json").read_text())["result"]
+    assert run["variant"] == "tanh" and len(run["history"]) == 2
+    assert all(0 <= h["val_top1_error"] <= 1 and np.isfinite(h["train_loss"]) for h in run["history"])
+    capsys.readouterr()
+    assert ablate.main(argv + ["--variants", "full,no_lrn"]) == 0  # finished runs are reused, not retrained
+    out = capsys.readouterr().out
+    assert out.count("reusing") == 2 and ": training (" not in out
