@@ -1,6 +1,7 @@
 """docs/ABLATIONS.md and its figures from the runs of bench/ablate.py: per variant, mean and spread over seeds, the
 paper's claim beside it, and a verdict decided by one stated rule."""
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,8 @@ CLAIMS = {
     "tanh": Claim("ReLU reaches 25% training error ~6x faster than tanh (Fig. 1: a 4-layer net on CIFAR-10); "
                   "'several times faster' in general (sec. 3.1)", "speed"),
     "no_lrn": Claim("LRN lowers top-1 / top-5 error by 1.4% / 1.2% (sec. 3.3)", "val"),
+    # At crop 112 this switch also changes pool5 from 2x2 to 3x3 (both are 6x6 at 224), which the adaptive pool
+    # before fc6 then spreads to 6x6: fc6 sees more spatial detail without overlap. ABLATIONS.md says so.
     "no_overlap": Claim("overlapping pooling lowers top-1 / top-5 error by 0.4% / 0.3%, and overlapping models "
                         "overfit slightly less (sec. 3.4)", "val"),
     "no_dropout": Claim("without dropout the net 'exhibits substantial overfitting'; dropout roughly doubles the "
@@ -36,6 +39,18 @@ CLAIMS = {
     "no_wd": Claim("weight decay 'was important for the model to learn': it lowers the training error, not only "
                    "the validation error (sec. 5)", "train"),
 }
+
+
+@dataclass(frozen=True)
+class ReportContext:
+    """What the report says about the run's settings (from bench/ablate.py)."""
+    header: str
+    rule: str
+    footer: str
+    epochs: int
+    val_images: int
+    train_images: int
+    steps_per_epoch: int
 
 
 @dataclass
@@ -65,13 +80,19 @@ def spread(xs):
     return float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0
 
 
+def _rate(p, images):
+    """An error rate pulled off 0 and 1 by one pseudo-count each ((k+1)/(n+2)), so a measured 0% still has noise."""
+    return (p * images + 1) / (images + 2)
+
+
 def noise_of_difference(values_a, values_b, rates_a, rates_b, images):
-    """Standard error of mean(values_a) - mean(values_b) over seeds: from the seeds' spreads, but never below what a
-    finite evaluation set of `images` gives on its own (the binomial standard error of the error rates the values
-    come from), since two seeds can agree by chance."""
+    """Standard error of mean(values_a) - mean(values_b) over seeds: from the seeds' spreads, but never below what
+    one finite evaluation set of `images` gives on its own (the binomial standard error of the error rates the values
+    come from). Every seed is scored on the same images, so more seeds do not shrink that floor, and two seeds can
+    agree by chance."""
     se_seeds = math.sqrt(spread(values_a) ** 2 / len(values_a) + spread(values_b) ** 2 / len(values_b))
-    pa, pb = mean(rates_a), mean(rates_b)
-    se_binomial = math.sqrt(pa * (1 - pa) / (images * len(rates_a)) + pb * (1 - pb) / (images * len(rates_b)))
+    pa, pb = _rate(mean(rates_a), images), _rate(mean(rates_b), images)
+    se_binomial = math.sqrt(pa * (1 - pa) / images + pb * (1 - pb) / images)
     return max(se_seeds, se_binomial)
 
 
@@ -83,6 +104,17 @@ def _speed_ratio(variant, full, epochs):
     return mean(v) / mean(f), any(e is None for e in variant.to25), any(e is None for e in full.to25)
 
 
+def difference(claim, variant, full):
+    """(mean of variant - mean of full recipe, its standard error) on the measure the claim is about."""
+    if claim.measure == "train":
+        a, b, rates, images = variant.train, full.train, (variant.train, full.train), full.train_images
+    elif claim.measure == "gap":  # the gap's noise is dominated by the validation set's
+        a, b, rates, images = variant.gap, full.gap, (variant.val, full.val), full.val_images
+    else:
+        a, b, rates, images = variant.val, full.val, (variant.val, full.val), full.val_images
+    return mean(a) - mean(b), noise_of_difference(a, b, *rates, images)
+
+
 def verdict(claim, variant, full, epochs):
     """The rule: the measured difference (variant - full recipe) must exceed twice its standard error
     (noise_of_difference) to count; in the paper's direction it is 'reproduced', against it 'contradicted', else
@@ -90,17 +122,10 @@ def verdict(claim, variant, full, epochs):
     error at least 2x sooner ('several times faster'), contradicted when not sooner at all."""
     if claim.measure == "speed":
         ratio, _, full_missing = _speed_ratio(variant, full, epochs)
-        if full_missing:
-            return "not visible at this scale"
+        if full_missing:  # ReLU never got there: tanh doing so contradicts the claim, else nothing is shown
+            return "contradicted" if all(e is not None for e in variant.to25) else "not visible at this scale"
         return "reproduced" if ratio >= 2 else ("contradicted" if ratio <= 1 else "not visible at this scale")
-    if claim.measure == "train":
-        a, b, rates, images = variant.train, full.train, (variant.train, full.train), full.train_images
-    elif claim.measure == "gap":  # the gap's noise is dominated by the validation set's
-        a, b, rates, images = variant.gap, full.gap, (variant.val, full.val), full.val_images
-    else:
-        a, b, rates, images = variant.val, full.val, (variant.val, full.val), full.val_images
-    diff = mean(a) - mean(b)
-    noise = noise_of_difference(a, b, *rates, images)
+    diff, noise = difference(claim, variant, full)
     if abs(diff) <= 2 * noise:
         return "not visible at this scale"
     return "reproduced" if diff * claim.sign > 0 else "contradicted"
@@ -124,15 +149,20 @@ def measured(claim, variant, full, epochs):
     if claim.measure == "speed":
         ratio, lower_bound, full_missing = _speed_ratio(variant, full, epochs)
         return "ReLU never reached 25%" if full_missing else f"{'>' if lower_bound else ''}{ratio:.1f}x the epochs"
-    a, b, what = {"train": (variant.train, full.train, "train error"),
-                  "gap": (variant.gap, full.gap, "gap")}.get(claim.measure, (variant.val, full.val, "val error"))
-    return f"{100 * (mean(a) - mean(b)):+.1f} {what}"
+    what = {"train": "train error", "gap": "gap"}.get(claim.measure, "val error")
+    diff, noise = difference(claim, variant, full)
+    return f"{100 * diff:+.1f} ± {200 * noise:.1f} {what}"
+
+
+def _first_epochs(runs, train_error, epochs):
+    """Per seed, the first epoch at or below `train_error` (as trained), as text."""
+    return ", ".join(str(e) if e is not None else f">{epochs}" for e in (r.epochs_to(train_error) for r in runs))
 
 
 def table(summaries, epochs):
     full = summaries[0]
     rows = ["| variant | val top-1 error % | final train error % | train-val gap % | epochs to 25% train error | "
-            "time / run | effect (vs full) | the paper's claim | verdict |",
+            "time / run | effect vs full (± 2 SE) | the paper's claim | verdict |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for s in summaries:
         claim = CLAIMS.get(s.name)
@@ -195,29 +225,32 @@ def summarise(variants, results, val_images, train_images):
 
 
 def write_report(path, figures_dir, variants, results, *, context):
-    """Write the markdown table and the figures; `context` is a dict of the run's settings for the text."""
+    """Write the markdown table and the figures; `context` (a ReportContext) gives the run's settings."""
     path, figures_dir = Path(path), Path(figures_dir)
     figures_dir.mkdir(parents=True, exist_ok=True)
     labels = {v.name: v.label for v in variants}
-    summaries = summarise(variants, results, context["val_images"], context["train_images"])
-    epochs = context["epochs"]
+    summaries = summarise(variants, results, context.val_images, context.train_images)
+    epochs = context.epochs
     plot_curves({v.name: results[v.name] for v in variants}, labels, figures_dir / "curves.png")
     figure1 = "tanh" in results
     if figure1:
         plot_figure1(results[variants[0].name], results["tanh"], figures_dir / "figure1_relu_tanh.png")
-    rel = figures_dir.relative_to(path.parent) if figures_dir.is_relative_to(path.parent) else figures_dir
+    rel = Path(os.path.relpath(figures_dir, path.parent))  # the markdown links work from the report's folder
     speed = ""
     if figure1:
         tanh = next(s for s in summaries if s.name == "tanh")
         ratio, lower_bound, full_missing = _speed_ratio(tanh, summaries[0], epochs)
         speed = (f"\nEpochs to 25% training error (as trained): ReLU {_epochs_to(summaries[0], epochs)}, tanh "
-                 f"{_epochs_to(tanh, epochs)} (per seed); steps = epochs x {context['steps_per_epoch']}. "
+                 f"{_epochs_to(tanh, epochs)} (per seed); steps = epochs x {context.steps_per_epoch}. "
                  + ("ReLU did not reach 25% within the budget, so no ratio." if full_missing else
-                    f"tanh / ReLU = {'>' if lower_bound else ''}{ratio:.1f}x (the paper: ~6x).") + "\n")
-    text = context["header"] + "\n\n" + table(summaries, epochs) + "\n" + speed + "\n" + context["rule"] + "\n\n"
+                    f"tanh / ReLU = {'>' if lower_bound else ''}{ratio:.1f}x (the paper: ~6x).")
+                 + " To 50% (an earlier point of the same curves): ReLU "
+                 f"{_first_epochs(results['full'], 0.5, epochs)}, tanh "
+                 f"{_first_epochs(results['tanh'], 0.5, epochs)}.\n")
+    text = context.header + "\n\n" + table(summaries, epochs) + "\n" + speed + "\n" + context.rule + "\n\n"
     text += f"![training curves per variant]({rel}/curves.png)\n"
     if figure1:
         text += f"\n![ReLU vs tanh, Figure 1 style]({rel}/figure1_relu_tanh.png)\n"
-    text += "\n" + context["footer"] + "\n"
+    text += "\n" + context.footer + "\n"
     path.write_text(text)
     return summaries

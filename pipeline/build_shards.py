@@ -62,7 +62,7 @@ def get_args_parser():
                    help=f"decode/encode processes (default: {multiprocessing.cpu_count()}, the CPU count)")
     p.add_argument("--seed", type=int, default=0, help="shuffle seed, and the demo set's seed (default: 0)")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality of re-encoded images (default: 90)")
-    p.add_argument("--demo-set", choices=sorted(sources.DEMO_SETS), default="colours",
+    p.add_argument("--demo-set", choices=sorted(sources.DEMO_SETS), default=None,
                    help="embedded set to build without --src: colours (the demo set, learnable from colour) or "
                         "shapes (the ablation set: the class is an object's shape) (default: colours)")
     p.add_argument("--demo-train-per-class", type=int, default=None,
@@ -239,6 +239,11 @@ def build(args):
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
+    if args.src is not None and args.demo_set is not None:
+        print(f"error: --demo-set {args.demo_set} builds an embedded set and --src {args.src} a real one: give one "
+              "of them.", file=sys.stderr)
+        return 2
+    args.demo_set = args.demo_set or "colours"
     train_default, val_default = DEMO_PER_CLASS[args.demo_set]
     if args.demo_train_per_class is None:
         args.demo_train_per_class = train_default

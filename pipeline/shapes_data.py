@@ -4,7 +4,7 @@ Procedurally drawn and deterministic from a seed, like the colour demo set (demo
 (aspect up to 4:3), drawn at 170-212 px on the shorter side: a little above the 128 px the ablation stores
 and trains at, so the resize still averages the edges, and ~4x faster to draw than ImageNet's 300-500 px.
 Unlike the demo set, nothing global gives the class away:
-- the object's colour, the background's two colours, its gradient, stripes and noise are drawn independently of
+- the object's colour, the background's two colours, its gradient and the noise are drawn independently of
   the class from one distribution, so a colour histogram says nothing about it;
 - every shape is scaled to a drawn pixel area (the same distribution for every class), so the share of pixels in
   the object's colour says nothing either;
@@ -34,7 +34,6 @@ CROP_FRACTION = 112 / 128  # the paper's 224 of 256: the share of the shorter si
 # one large object let every variant reach ~7% (no technique could matter).
 MAX_TILT = 20  # degrees either way
 AREA = (0.08, 0.25)  # object area, a share of the shorter side squared
-STRIPES = 0.0  # strength of the background stripes
 CLUTTER = (0, 3)  # strokes and specks per picture, [low, high)
 GRADIENT = 0.6  # how far the background blends from its first colour towards its second
 NOISE = (2, 10)  # sensor noise, standard deviation range in grey levels
@@ -91,7 +90,7 @@ def unit_area(name):
     return float((np.asarray(mask) > 127).mean()) * (RAW / (0.45 * RAW)) ** 2
 
 
-def _random_colour(rng, away_from=None, min_distance=110.0):
+def _random_colour(rng, away_from=None, min_distance=CONTRAST):
     """A random RGB colour, at least `min_distance` from `away_from` so the object always stands out."""
     while True:
         c = rng.integers(0, 256, 3).astype(np.float32)
@@ -100,8 +99,8 @@ def _random_colour(rng, away_from=None, min_distance=110.0):
 
 
 def _background(w, h, rng):
-    """Two colours blended along a random gradient, with random stripes: colour and texture that vary per image and
-    carry no class. Returns the (h, w, 3) float32 picture and its mean colour."""
+    """Two colours blended along a random gradient: colour that varies per image and carries no class. Returns the
+    (h, w, 3) float32 picture and its mean colour."""
     xx = np.arange(w, dtype=np.float32)[None, :]
     yy = np.arange(h, dtype=np.float32)[:, None]
     a = _random_colour(rng)
@@ -111,11 +110,7 @@ def _background(w, h, rng):
     t = xx * c + yy * s  # ranges between the corners' values
     corners = [0.0, (w - 1) * c, (h - 1) * s, (w - 1) * c + (h - 1) * s]
     t = (t - min(corners)) / np.float32(max(max(corners) - min(corners), 1e-6))
-    period, stripe_angle = rng.uniform(8, 40), rng.uniform(0, np.pi)
-    k = np.float32(2 * np.pi / period)
-    stripes = np.sin(xx * (k * np.float32(np.cos(stripe_angle))) + yy * (k * np.float32(np.sin(stripe_angle))))
-    light = 1 + np.float32(rng.uniform(0, STRIPES)) * stripes
-    img = (a[None, None] + (b - a)[None, None] * t[..., None]) * light[..., None]
+    img = a[None, None] + (b - a)[None, None] * t[..., None]
     return img, (a + b) / 2
 
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from bench import ablate
-from bench.ablation_report import CLAIMS, Summary, verdict
+from bench.ablation_report import CLAIMS, ReportContext, Summary, verdict, write_report
+from bench.ablation_train import EpochRecord, RunResult
 from pipeline.loader import make_loader
 
 
@@ -46,16 +47,51 @@ def test_verdict_on_overfitting_uses_the_train_val_gap():
     ([3, 4], [5, 5], "not visible at this scale"),  # faster, but not 'several times'
     ([5, 5], [4, 5], "contradicted"),
     ([None, None], [None, None], "not visible at this scale"),  # neither gets there
+    ([None, None], [5, 6], "contradicted"),  # only tanh gets there
 ])
 def test_verdict_on_relu_speed(relu, tanh, expected):
     full = summary("full", [0.3, 0.3], to25=relu)
     assert verdict(CLAIMS["tanh"], summary("tanh", [0.3, 0.3], to25=tanh), full, epochs=20) == expected
 
 
-def test_centre_crop_training_loader_matches_evaluation(demo_shards):
+def test_a_measured_zero_still_has_noise():
+    # Weight decay's claim is on the clean training error, often 0%: a 3-image difference of 800 is not an effect.
+    full = summary("full", [0.30, 0.30], train=[0.0, 0.0])
+    assert verdict(CLAIMS["no_wd"], summary("no_wd", [0.3, 0.3], train=[0.004, 0.004]), full, 30) == \
+        "not visible at this scale"
+
+
+def run(name, seed, train_errors, val_errors, clean_train):
+    history = [EpochRecord(e + 1, 1.0, t, v, 0.0, 0.01, 1.0) for e, (t, v) in enumerate(zip(train_errors, val_errors))]
+    return RunResult(name, seed, {}, 25, history, clean_train, 60.0)
+
+
+def test_report_table_figures_and_links(tmp_path):
+    """write_report: a row per variant with mean ± spread and the effect with its noise, the Figure 1 line, and
+    figure links that work from the report's folder even when the figures live elsewhere."""
+    variants = [ablate.VARIANTS[0], ablate.VARIANTS[1], ablate.VARIANTS[4]]  # full, tanh, no dropout
+    results = {"full": [run("full", s, [0.8, 0.2, 0.1], [0.8, 0.3, 0.2 + s / 100], 0.05) for s in (0, 1)],
+               "tanh": [run("tanh", s, [0.9, 0.8, 0.7], [0.9, 0.8, 0.7], 0.6) for s in (0, 1)],
+               "no_dropout": [run("no_dropout", s, [0.7, 0.1, 0.0], [0.7, 0.3, 0.3], 0.0) for s in (0, 1)]}
+    context = ReportContext(header="# H", rule="RULE", footer="F", epochs=3, val_images=500, train_images=800,
+                            steps_per_epoch=25)
+    out = tmp_path / "doc" / "A.md"
+    out.parent.mkdir()
+    write_report(out, tmp_path / "figs", variants, results, context=context)
+    text = out.read_text()
+    assert "| full recipe | 20.5 ± 0.7 | 5.0 ± 0.0 | 15.5 ± 0.7 | 2, 2 |" in text
+    assert "| tanh instead of ReLU (lr 0.002) | 70.0 ± 0.0 |" in text and ">1.5x the epochs" in text
+    no_dropout = next(line for line in text.splitlines() if line.startswith("| no dropout |"))
+    assert "+14.5 ± " in no_dropout and no_dropout.rstrip(" |").endswith("reproduced")
+    assert "ReLU 2, 2, tanh >3, >3" in text
+    assert "](../figs/curves.png)" in text and (tmp_path / "figs" / "figure1_relu_tanh.png").is_file()
+
+
+@pytest.mark.parametrize("crop", [112, 224])  # the demo shards are at 256: resize-then-crop, and crop-on-decode
+def test_centre_crop_training_loader_matches_evaluation(demo_shards, crop):
     """crop_flip=False (and no lighting): every training image is the evaluation's centre crop, never flipped,
     while the order is still shuffled."""
-    kw = dict(crop=112, seed=3, num_threads=1)
+    kw = dict(crop=crop, seed=3, num_threads=1)
     evaluation = {}
     for images, _, idx in make_loader(demo_shards, "train", 20, train=False, **kw):
         evaluation.update({int(i): img for i, img in zip(idx, images)})

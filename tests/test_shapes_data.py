@@ -38,6 +38,12 @@ def test_build_is_deterministic_and_names_its_classes(tmp_path):
             [s["sha256"] for s in b["splits"][split]["shards"]]
 
 
+def test_a_demo_set_with_a_source_is_refused(tmp_path, capsys):
+    assert build(tmp_path / "s", "--src", tmp_path, "--demo-set", "shapes") == 2
+    assert "--demo-set shapes builds an embedded set and --src" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
 def test_rebuilding_an_out_dir_with_the_other_set_is_refused(tmp_path, capsys):
     out = tmp_path / "s"
     assert build(out, "--demo-set", "shapes", "--size", 64, "--demo-train-per-class", 1, "--demo-val-per-class", 0) == 0
@@ -67,7 +73,7 @@ def test_every_training_crop_keeps_most_of_the_object():
 
 
 def colour_histograms(jpegs, bins=4):
-    """Per-image joint RGB histogram (bins^3 cells, fractions of pixels), at 64 px on the shorter side."""
+    """Per-image joint RGB histogram (bins^3 cells, fractions of pixels), at most 96 px on the longer side."""
     feats = []
     for data in jpegs:
         img = Image.open(io.BytesIO(data)).convert("RGB")
