@@ -154,6 +154,21 @@ def measured(claim, variant, full, epochs):
     return f"{100 * diff:+.1f} ± {200 * noise:.1f} {what}"
 
 
+def still_improving(full_runs, epochs):
+    """A warning when the reference's validation error was still falling steeply over the last quarter of the budget
+    (by more than 5 points, mean over seeds): the verdicts then partly measure how fast each variant learns, not
+    where it ends. '' otherwise."""
+    back = max(1, epochs // 4)
+    if any(len(r.history) <= back for r in full_runs):
+        return ""
+    fall = mean([r.history[-1 - back].val_top1_error - r.history[-1].val_top1_error for r in full_runs])
+    if fall <= 0.05:
+        return ""
+    return (f"**Read with care:** the full recipe's validation error was still falling at the end of the budget "
+            f"({100 * fall:.0f} points over the last {back} epochs, mean over seeds), so every row partly measures "
+            "how soon a variant learns, not only where it would end.\n\n")
+
+
 def _first_epochs(runs, train_error, epochs):
     """Per seed, the first epoch at or below `train_error` (as trained), as text."""
     return ", ".join(str(e) if e is not None else f">{epochs}" for e in (r.epochs_to(train_error) for r in runs))
@@ -247,7 +262,8 @@ def write_report(path, figures_dir, variants, results, *, context):
                  + " To 50% (an earlier point of the same curves): ReLU "
                  f"{_first_epochs(results['full'], 0.5, epochs)}, tanh "
                  f"{_first_epochs(results['tanh'], 0.5, epochs)}.\n")
-    text = context.header + "\n\n" + table(summaries, epochs) + "\n" + speed + "\n" + context.rule + "\n\n"
+    text = context.header + "\n\n" + still_improving(results[variants[0].name], epochs) + table(summaries, epochs)
+    text += "\n" + speed + "\n" + context.rule + "\n\n"
     text += f"![training curves per variant]({rel}/curves.png)\n"
     if figure1:
         text += f"\n![ReLU vs tanh, Figure 1 style]({rel}/figure1_relu_tanh.png)\n"

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bench import ablate
-from bench.ablation_report import CLAIMS, ReportContext, Summary, verdict, write_report
+from bench.ablation_report import CLAIMS, ReportContext, Summary, still_improving, verdict, write_report
 from bench.ablation_train import EpochRecord, RunResult
 from pipeline.loader import make_loader
 
@@ -70,7 +70,7 @@ def test_report_table_figures_and_links(tmp_path):
     """write_report: a row per variant with mean ± spread and the effect with its noise, the Figure 1 line, and
     figure links that work from the report's folder even when the figures live elsewhere."""
     variants = [ablate.VARIANTS[0], ablate.VARIANTS[1], ablate.VARIANTS[4]]  # full, tanh, no dropout
-    results = {"full": [run("full", s, [0.8, 0.2, 0.1], [0.8, 0.3, 0.2 + s / 100], 0.05) for s in (0, 1)],
+    results = {"full": [run("full", s, [0.8, 0.2, 0.1], [0.8, 0.21, 0.2 + s / 100], 0.05) for s in (0, 1)],
                "tanh": [run("tanh", s, [0.9, 0.8, 0.7], [0.9, 0.8, 0.7], 0.6) for s in (0, 1)],
                "no_dropout": [run("no_dropout", s, [0.7, 0.1, 0.0], [0.7, 0.3, 0.3], 0.0) for s in (0, 1)]}
     context = ReportContext(header="# H", rule="RULE", footer="F", epochs=3, val_images=500, train_images=800,
@@ -85,6 +85,14 @@ def test_report_table_figures_and_links(tmp_path):
     assert "+14.5 ± " in no_dropout and no_dropout.rstrip(" |").endswith("reproduced")
     assert "ReLU 2, 2, tanh >3, >3" in text
     assert "](../figs/curves.png)" in text and (tmp_path / "figs" / "figure1_relu_tanh.png").is_file()
+    assert "Read with care" not in text  # the reference's val error fell under a point over its last epoch
+
+
+def test_report_warns_when_the_reference_is_still_learning():
+    still = [run("full", s, [0.9, 0.8, 0.6, 0.5], [0.9, 0.8, 0.7, 0.5], 0.4) for s in (0, 1)]
+    assert "still falling at the end of the budget (20 points over the last 1 epochs" in still_improving(still, 4)
+    done = [run("full", s, [0.9, 0.3, 0.2, 0.2], [0.9, 0.3, 0.3, 0.29], 0.1) for s in (0, 1)]
+    assert still_improving(done, 4) == ""
 
 
 @pytest.mark.parametrize("crop", [112, 224])  # the demo shards are at 256: resize-then-crop, and crop-on-decode
