@@ -1,7 +1,7 @@
 """Ablation of every technique the paper names, on the embedded shapes set: one command, docs/ABLATIONS.md + figures.
 
-    python bench/ablate.py              # the full run (~1 h on 2 idle cores): 8 variants x 2 seeds
-    python bench/ablate.py --quick      # a ~2 minute smoke version: tiny set, 2 epochs, 1 seed, every variant
+    python bench/ablate.py              # the full run (69 min on 2 cores): 8 variants x 2 seeds
+    python bench/ablate.py --quick      # a smoke version (~35 s): tiny set, 2 epochs, 1 seed, every variant
 
 Each variant is the full recipe with one switch changed (tanh; no LRN; pooling z=2, s=2; no dropout; no crops/flips;
 no PCA lighting; no weight decay), trained with the same seeds and budget, single-process on the DALI CPU loader,
