@@ -29,10 +29,11 @@ RAW = 256  # resolution of the reference masks that set each shape's unit area
 CROP_FRACTION = 112 / 128  # the paper's 224 of 256: the share of the shorter side a training crop keeps
 # How hard the set is. Measured in memory (no PCA lighting) with AlexNet at crop 112, 80 training pictures per
 # class, 700 steps of 32 on 2 cores (~4.5 min): the full recipe reaches ~27% val error, and without dropout and
-# crops/flips training error falls to ~4% while val error stays ~25% (overfitting). Object areas of 0.05-0.13, a full two-colour gradient, 3-8 clutter
-# strokes and free rotation left the net at chance (~85% val error) for the whole budget; a plain background with
-# one large object let every variant reach ~7% (no technique could matter). Through bench/ablate.py (DALI
-# loader, lighting, 600 steps) the full recipe ends at 37-52% val error: see docs/ABLATIONS.md.
+# crops/flips training error falls to ~4% while val error stays ~25% (overfitting). Object areas of 0.05-0.13, a
+# full two-colour gradient, 3-8 clutter strokes and free rotation left the net at chance (~85% val error) for the
+# whole budget; a plain background with one large object let every variant reach ~7% (no technique could matter).
+# Through bench/ablate.py (DALI loader, lighting, 600 steps) the full recipe ends at 37-52% val error: see
+# docs/ABLATIONS.md.
 MAX_TILT = 20  # degrees either way
 AREA = (0.08, 0.25)  # object area, a share of the shorter side squared
 CLUTTER = (0, 3)  # strokes and specks per picture, [low, high)
