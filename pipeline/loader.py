@@ -92,9 +92,9 @@ def _pipeline(tars, idxs, *, mixed, train, crop, resize, ten_crop, rrc, shard_id
     decode = dict(device="mixed", hw_decoder_load=hw_decoder_load, **hints) if mixed else dict(device="cpu")
     mean, std = stats["mean"], stats["std"]
     dtype = types.FLOAT16 if half else types.FLOAT
-    random_pos = dict(crop_pos_x=fn.random.uniform(range=(0.0, 1.0)), crop_pos_y=fn.random.uniform(range=(0.0, 1.0)))
-    if not crop_flip:  # training without the paper's translations and reflections: the centre crop, never mirrored
-        random_pos = dict(crop_pos_x=0.5, crop_pos_y=0.5)
+    # Without crop_flip (the ablation's "no augmentation"): the centre crop, never mirrored; no random ops are made.
+    random_pos = (dict(crop_pos_x=fn.random.uniform(range=(0.0, 1.0)), crop_pos_y=fn.random.uniform(range=(0.0, 1.0)))
+                  if crop_flip else dict(crop_pos_x=0.5, crop_pos_y=0.5))
     if train and rrc:  # the modern alternative: random-resized crop (Inception-style), decoded only where cropped
         images = fn.decoders.image_random_crop(jpegs, output_type=types.RGB, random_area=[0.08, 1.0],
                                                random_aspect_ratio=[3 / 4, 4 / 3], **decode)
