@@ -14,6 +14,7 @@ Outputs go to --output-dir/--name (config.json, metrics.jsonl, events.jsonl, ten
 checkpoints to --storage (default: the same folder).
 """
 import argparse
+import importlib.util
 import os
 import sys
 import time
@@ -127,9 +128,20 @@ def explicit_flags(argv):
     return set(vars(p.parse_args(argv)))
 
 
+def dali_missing():
+    """DALI is an extra (cu12 or cu13, see pyproject.toml); without it every worker would fail at import."""
+    if importlib.util.find_spec("nvidia") is None or importlib.util.find_spec("nvidia.dali") is None:
+        return ("NVIDIA DALI is not installed. Install the project with one of its DALI extras: pip install -e "
+                "'.[cu12]' (NVIDIA driver >= 525.60, or no GPU) or pip install -e '.[cu13]' (driver >= 580).")
+    return None
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = get_args_parser().parse_args(argv)
+    if dali_missing():
+        print(f"error: {dali_missing()}", file=sys.stderr)
+        return 2
     if args.test_only:
         from cluster.evaluate import test_only
         return test_only(args)

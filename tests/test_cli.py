@@ -92,3 +92,11 @@ def test_test_only_without_a_checkpoint_says_so(demo_shards, tmp_path, capsys):
         folder.rmdir()
     assert launch.main(["--output-dir", str(tmp_path), "--name", "done", "--test-only"]) == 2
     assert "no checkpoint for run done" in capsys.readouterr().err
+
+
+def test_without_dali_the_launcher_says_which_extra_to_install(monkeypatch, capsys):
+    real = launch.importlib.util.find_spec
+    monkeypatch.setattr(launch.importlib.util, "find_spec", lambda name: None if name == "nvidia.dali" else real(name))
+    assert launch.main(["--name", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "DALI is not installed" in err and "'.[cu12]'" in err and "'.[cu13]'" in err
