@@ -42,9 +42,9 @@ def get_args_parser():
            "2; demo = batch 32, 10 epochs, crop 112, Kaiming init, lr patience 10 (default: demo on the embedded "
            "demo set, paper otherwise)")
     a = p.add_argument_group("replicas and the Ray cluster").add_argument
-    a("--replicas", "--workers", dest="workers", type=int, default=4,
+    a("--replicas", "--workers", dest="workers", type=int, default=4, metavar="N",
       help="data-parallel AlexNet replicas, one Ray worker each (--workers: the same flag) (default: 4)")
-    a("--min-replicas", "--min-workers", dest="min_workers", type=int, default=None,
+    a("--min-replicas", "--min-workers", dest="min_workers", type=int, default=None, metavar="M",
       help="elastic: keep training with as few as this many replicas when nodes are lost, and grow back to "
            "--replicas when they return (default: --replicas, not elastic)")
     a("--resize-check-s", type=float, default=60.0,
