@@ -64,7 +64,7 @@ def part_indexes(parts, idx_paths, counts, out_dir):
         if (p.start, p.end) == (0, counts[p.file]):
             paths.append(str(idx_paths[p.file]))
             continue
-        lines = Path(idx_paths[p.file]).read_text().splitlines()[1:]  # line 0 is the "v1.2 <count>" header
+        lines = Path(idx_paths[p.file]).read_text().splitlines()[1:]  # line 0 is the "<version> <count>" header
         if len(lines) != counts[p.file]:
             raise ValueError(f"{idx_paths[p.file]}: {len(lines)} samples, the manifest says {counts[p.file]}. "
                              "Check the shards with python pipeline/build_shards.py --verify --out DIR.")
