@@ -59,7 +59,7 @@ def resize_shorter(img, size):
     """Scale so that the shorter side is `size` (up or down), keeping the aspect ratio.
 
     Downscaling averages areas (BOX, what OpenCV calls INTER_AREA): as alias-free as bilinear for these ratios and
-    a third cheaper (0.91 vs 1.35 ms for 500x375 -> 341x256, measured), and resizing is the builder's largest cost.
+    cheaper, and resizing is the builder's largest cost (docs/BENCHMARKS.md, "Shard builder").
     Upscaling (images smaller than `size`) is bilinear."""
     w, h = img.size
     scale = size / min(w, h)
