@@ -217,7 +217,7 @@ def ray_start_cluster(tmp_path):
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def test_ray_start_cluster_with_a_token_refuses_a_client_without_it(ray_start_cluster):
+def test_ray_start_cluster_with_a_token_refuses_a_client_without_it(ray_start_cluster, demo_shards, tmp_path):
     address, with_token, without_token = ray_start_cluster
 
     def client(env):
@@ -235,3 +235,8 @@ def test_ray_start_cluster_with_a_token_refuses_a_client_without_it(ray_start_cl
     assert "InvalidAuthToken" in refused.stderr, refused.stderr[-3000:]
     wrong = client({**with_token, "RAY_AUTH_TOKEN": secrets.token_hex(32)})  # the variable outranks the file
     assert wrong.returncode == 3 and "InvalidAuthToken" in wrong.stderr, wrong.stdout + wrong.stderr[-3000:]
+    launch = subprocess.run([sys.executable, "cluster/launch.py", "--address", address, "--data", str(demo_shards),
+                             "--output-dir", str(tmp_path / "runs"), "--workers", "1", "-b", "8"], cwd=ROOT,
+                            env=without_token, capture_output=True, text=True, timeout=180)
+    assert launch.returncode == 2 and "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH" in launch.stderr, \
+        launch.stdout + launch.stderr[-3000:]
