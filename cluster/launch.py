@@ -134,11 +134,12 @@ def main(argv=None):
         if cfg.address:
             try:
                 ray.init(address=cfg.address, logging_level="WARNING")
-            except ConnectionError as e:  # Ray says only "Failed to connect"; a missing token is the likely cause
-                raise LaunchError(
-                    f"--address {cfg.address}: {e}. A cluster started with RAY_AUTH_MODE=token refuses a client "
-                    "without its token (InvalidAuthToken in the lines above): run this with RAY_AUTH_MODE=token "
-                    "and RAY_AUTH_TOKEN_PATH=<the cluster's token file>.") from None
+            except ConnectionError as e:  # Ray says only "Failed to connect", whether it is the address or the token
+                token = ("check that RAY_AUTH_TOKEN_PATH (or RAY_AUTH_TOKEN) holds this cluster's token"
+                         if os.environ.get("RAY_AUTH_MODE") == "token" else
+                         "run this with RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH=<the cluster's token file>")
+                raise LaunchError(f"--address {cfg.address}: {e}. Is the cluster up at that address? If Ray's lines "
+                                  f"above say InvalidAuthToken, the cluster wants its token: {token}.") from None
         else:
             # A local cluster of this run's own. Its dashboard binds 127.0.0.1, but Ray's GCS, raylet and worker ports
             # listen on every interface whatever the node address says: what keeps others out is the token Ray

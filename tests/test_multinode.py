@@ -238,5 +238,5 @@ def test_ray_start_cluster_with_a_token_refuses_a_client_without_it(ray_start_cl
     launch = subprocess.run([sys.executable, "cluster/launch.py", "--address", address, "--data", str(demo_shards),
                              "--output-dir", str(tmp_path / "runs"), "--workers", "1", "-b", "8"], cwd=ROOT,
                             env=without_token, capture_output=True, text=True, timeout=180)
-    assert launch.returncode == 2 and "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH" in launch.stderr, \
+    assert launch.returncode == 2 and "run this with RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH" in launch.stderr, \
         launch.stdout + launch.stderr[-3000:]
