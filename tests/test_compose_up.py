@@ -86,6 +86,10 @@ def test_compose_up_trains_and_leaves_a_summary(compose_project):
     cat = compose_project("run", "--rm", "--no-deps", "-T", "trainer", "cat", f"/runs/{RUN_NAME}/summary.json")
     assert cat.returncode == 0, cat.stdout + cat.stderr
     summary = json.loads(cat.stdout)
+    token = compose_project("run", "--rm", "--no-deps", "-T", "trainer", "cat", "/auth/token").stdout
+    config = compose_project("run", "--rm", "--no-deps", "-T", "trainer", "cat", f"/runs/{RUN_NAME}/config.json")
+    assert len(token) == 64 and config.returncode == 0, config.stderr  # the cluster's token, made by ray-head
+    assert token not in out and token not in config.stdout, "the cluster's token reached the logs or config.json"
     print(f"summary.json: {json.dumps(summary)}")  # shown with -rP: the run's numbers, for the record
     assert summary["epochs"] == 2 and summary["workers"] == 2 and summary["devices"] == "CPU", summary
     for key in ("val_top1_error", "val_top5_error", "val_top1_error_10crop"):
