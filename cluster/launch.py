@@ -88,6 +88,9 @@ def get_args_parser():
       help="modern random-resized crops instead of the paper's fixed-scale crops (default: off)")
     a("--amp", action="store_true", help="bf16 autocast on GPU (default: off)")
     a("--compile", action="store_true", help="torch.compile each replica (default: off)")
+    a("--grad-compression", choices=("none", "bf16", "fp16"), default="none",
+      help="dtype of the gradients all-reduced between replicas: bf16/fp16 halve AlexNet's 244 MB per step "
+           "(DDP's compression hooks; weights and optimizer stay fp32) (default: none)")
     a("-j", "--threads", type=int, default=None, help="CPU threads per worker for DALI and torch (default: its CPUs)")
     a("--seed", type=int, default=0, help="data order and augmentation seed (default: 0)")
     a("--output-dir", type=Path, default=Path("runs"), help="where runs go (default: runs)")
