@@ -54,14 +54,26 @@ def _bf16_hook_for_gloo(process_group, bucket):
     return default_hooks.bf16_compress_hook(process_group, bucket)
 
 
-def register(ddp_model, kind, devices=("cpu",)):
-    """Make `ddp_model` (a DistributedDataParallel) all-reduce its gradients in `kind`'s dtype; "none" leaves DDP's
-    own fp32 all-reduce. `devices`: where the replica's parameters live (each device's buckets are reduced there)."""
+def comm_hook(kind):
+    """The DDP comm hook that all-reduces in `kind`'s dtype, or None for "none" (DDP's own fp32 all-reduce)."""
     if wire_dtype(kind) is torch.float32:
+        return None
+    return _bf16_hook_for_gloo if kind == "bf16" and dist.get_backend() == "gloo" else HOOKS[kind]
+
+
+def register(ddp_model, kind, devices=("cpu",), wrap=None):
+    """Make `ddp_model` (a DistributedDataParallel) all-reduce its gradients in `kind`'s dtype; "none" leaves DDP's
+    own fp32 all-reduce. `devices`: where the replica's parameters live (each device's buckets are reduced there).
+    `wrap`: hook -> hook, for a benchmark that counts what goes through (with "none" it wraps DDP's allreduce_hook,
+    which computes what DDP does without a hook)."""
+    hook = comm_hook(kind)
+    if hook is not None:
+        for device in dict.fromkeys(str(d) for d in devices):
+            check_backend(kind, torch.device(device))
+    if wrap is not None:
+        hook = wrap(hook or default_hooks.allreduce_hook)
+    if hook is None:
         return
-    for device in dict.fromkeys(str(d) for d in devices):
-        check_backend(kind, torch.device(device))
-    hook = _bf16_hook_for_gloo if kind == "bf16" and dist.get_backend() == "gloo" else HOOKS[kind]
     try:
         ddp_model.register_comm_hook(None, hook)  # state None: the default (world) process group
     except TypeError as e:  # DDP's own check, e.g. bf16 over NCCL older than 2.10

@@ -141,6 +141,9 @@ def main(argv=None):
         try:
             cfg = plan_resources(cfg, ray.cluster_resources())
             print(describe(cfg), flush=True)
+            if cfg.grad_compression != "none" and cfg.workers > 1:
+                print(f"gradients all-reduced in {cfg.grad_compression} (--grad-compression), weights and updates in "
+                      "fp32", flush=True)
             from cluster.run import fit
             return fit(cfg)
         finally:
