@@ -15,6 +15,7 @@ CONFIG_FILE = "config.json"
 REFERENCE_BATCH = 128  # the paper's batch, for which base_lr is the rate
 DEFAULT_WARMUP_EPOCHS = 5  # Goyal et al.: 5 epochs of linear warmup when the scaled rate is larger
 MAX_LR_DECAYS = 3  # the paper divided the rate by 10 three times
+GRAD_COMPRESSIONS = ("none", "bf16", "fp16")  # --grad-compression: the all-reduce's dtype (cluster/compression.py)
 
 
 @dataclass
@@ -82,6 +83,7 @@ class TrainConfig:
     print_freq: int
     address: str | None = None
     inject_failure: str | None = None  # "EPOCH:STEP", the fault-tolerance test's hook
+    grad_compression: str = "none"  # dtype of the gradients all-reduced between replicas (cluster/compression.py)
     # derived for --workers, written for people (workers recompute them for the world they get)
     global_batch_size: int = 0
     lr: float = 0.0

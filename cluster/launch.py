@@ -97,6 +97,9 @@ def get_args_parser():
     a("--amp", action="store_true",
       help="bf16 autocast on GPU; not the paper's fp32 recipe (default: off)")
     a("--compile", action="store_true", help="torch.compile each replica (default: off)")
+    a("--grad-compression", choices=("none", "bf16", "fp16"), default="none",
+      help="dtype of the gradients all-reduced between replicas: bf16/fp16 halve AlexNet's 244 MB per step "
+           "(DDP's compression hooks; weights and optimizer stay fp32) (default: none)")
     a("-j", "--threads", type=int, default=None, help="CPU threads per worker for DALI and torch (default: its CPUs)")
     a = p.add_argument_group("run, outputs and checkpoints").add_argument
     a("--seed", type=int, default=0, help="data order and augmentation seed (default: 0)")
@@ -176,6 +179,9 @@ def main(argv=None):
         try:
             cfg = plan_resources(cfg, ray.cluster_resources())
             print(describe(cfg), flush=True)
+            if cfg.grad_compression != "none" and cfg.workers > 1:
+                print(f"gradients all-reduced in {cfg.grad_compression} (--grad-compression), weights and updates in "
+                      "fp32", flush=True)
             from cluster.run import fit
             return fit(cfg)
         finally:

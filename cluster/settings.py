@@ -4,7 +4,7 @@ import dataclasses
 import math
 from pathlib import Path
 
-from cluster.config import PRESETS, TrainConfig, default_warmup_epochs, scaled_lr
+from cluster.config import GRAD_COMPRESSIONS, PRESETS, TrainConfig, default_warmup_epochs, scaled_lr
 from pipeline import build_shards
 from pipeline import manifest as mf
 
@@ -72,6 +72,7 @@ def new_config(args, default_data):
         storage=args.storage or str(output_dir), max_failures=args.max_failures,
         wait_for_resources=args.wait_for_resources, print_freq=args.print_freq, address=args.address,
         inject_failure=args.inject_failure, **pick)
+    cfg = dataclasses.replace(cfg, grad_compression=args.grad_compression)
     check(cfg, manifest)
     return cfg
 
@@ -122,6 +123,9 @@ def check(cfg, manifest):
                           f"GPUs), got {gpus:g}")
     if cfg.resize_check_s < 0:
         raise LaunchError(f"--resize-check-s must be >= 0, got {cfg.resize_check_s:g}")
+    if cfg.grad_compression not in GRAD_COMPRESSIONS:
+        raise LaunchError(f"--grad-compression must be one of {', '.join(GRAD_COMPRESSIONS)}, "
+                          f"got {cfg.grad_compression!r}")
     if cfg.warmup_epochs < 0:
         raise LaunchError(f"--warmup-epochs must be >= 0, got {cfg.warmup_epochs}")
     per_shard = manifest["splits"]["train"]["num_samples"] // cfg.workers

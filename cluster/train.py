@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from cluster.compression import register as register_compression
 from cluster.loop import LrSchedule, evaluate, make_optimizer, train_one_epoch
 from cluster.run_files import CHECKPOINT_FILE
 from model import AlexNet, compile_for_speed
@@ -48,6 +49,7 @@ def build_replica(cfg, devices):
     trainable = model
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         trainable = DistributedDataParallel(model, device_ids=None)
+        register_compression(trainable, cfg.grad_compression, devices)
     return model, trainable
 
 
