@@ -73,10 +73,11 @@ def test_resume_continues_at_the_next_epoch_and_applies_only_changeable_flags(fi
     assert launch.main([*common, "--epochs", "3", "--print-freq", "5", "--workers", "3"]) == 0
     out = capsys.readouterr().out
     assert "--epochs 3 applied (was 2)" in out and "--workers 3 applied (was 2)" in out
-    assert "warming up from 0.00125 to 0.001875 over epochs 3-7" in out
+    assert "peak lr follows the global batch: 0.001875 for 3 replica(s) (was 0.00125)" in out
     after = metrics(run_dir)
     assert [m["epoch"] for m in after] == [1, 2, 3] and after[:2] == before and after[2]["replicas"] == 3
-    assert 0.00125 < after[2]["lr"] < 0.001875  # the first epoch of the ramp, not the new peak
+    # the last step of the ramp's first epoch (of 5): 0.00125 + 0.000625 x 0.8 / 5, not the new peak
+    assert after[2]["lr"] == pytest.approx(0.00125 + 0.000625 * 0.8 / 5), after[2]["lr"]
     assert json.loads((run_dir / "config.json").read_text())["epochs"] == 3
 
 
