@@ -4,7 +4,8 @@ worker, and reads back on --resume. Also the recipe rules that depend on the num
 The paper trained one replica with batch 128 at lr 0.01. With N replicas of b images the global batch is N*b, so the
 rate follows it linearly (Goyal et al. 2017, "Accurate, Large Minibatch SGD"): lr = base_lr * N*b / 128, reached
 by a linear warmup from base_lr over the first warmup epochs. Workers apply the rule to the world size they actually
-have, so an elastic run that shrinks or grows re-applies it at the restart.
+have, so an elastic run that shrinks or grows (or a --resume with another --workers) re-applies it at the restart,
+warming up again to a higher peak (cluster/loop.py LrSchedule.start).
 """
 import dataclasses
 import json
@@ -82,7 +83,6 @@ class TrainConfig:
     wait_for_resources: bool
     print_freq: int
     address: str | None = None
-    inject_failure: str | None = None  # "EPOCH:STEP", the fault-tolerance test's hook
     grad_compression: str = "none"  # dtype of the gradients all-reduced between replicas (cluster/compression.py)
     # derived for --workers, written for people (workers recompute them for the world they get)
     global_batch_size: int = 0
@@ -113,6 +113,7 @@ class TrainConfig:
     def load(cls, run_dir):
         path = Path(run_dir) / CONFIG_FILE
         saved = json.loads(path.read_text())
+        saved.pop("inject_failure", None)  # a test hook that earlier versions kept here
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(saved) - names)
         if unknown:
@@ -138,7 +139,8 @@ def describe(cfg):
     rule = (f"{cfg.base_lr:g} x {cfg.global_batch_size}/{REFERENCE_BATCH}" if cfg.lr_scaling == "linear"
             else f"{cfg.base_lr:g}, not scaled")
     warm = f", warmup {cfg.warmup_epochs} epochs from {cfg.base_lr:g}" if cfg.warmup_epochs else ", no warmup"
-    decay = (f"lr / 10 after {cfg.lr_patience} epochs without improvement (at most {MAX_LR_DECAYS} times)"
+    decay = (f"lr / 10 when {cfg.lr_patience + 1} epochs in a row do not improve val error (patience "
+             f"{cfg.lr_patience}; at most {MAX_LR_DECAYS} times)"
              if cfg.lr_schedule == "plateau" else f"lr / 10 every {cfg.lr_step_size} epochs")
     replicas = f"{cfg.workers}" if cfg.min_workers == cfg.workers else f"{cfg.min_workers}-{cfg.workers}"
     return (f"preset {cfg.preset}: {replicas} replica(s) x batch {cfg.batch_size} = global batch "

@@ -79,7 +79,8 @@ def get_args_parser():
       help="plateau: lr / 10 when val error stops improving, at most 3 times, not during warmup; step: every "
            "--lr-step-size epochs (default: plateau)")
     a("--lr-patience", type=int, default=None,
-      help="epochs without improvement before lr / 10 (default: from --preset: 2 paper, 10 demo)")
+      help="epochs in a row without improvement allowed; the next one divides lr by 10, as in torch's "
+           "ReduceLROnPlateau (default: from --preset: 2 paper, 10 demo)")
     a("--lr-step-size", type=int, default=30, help="epochs per lr / 10 with --lr-schedule step (default: 30)")
     a("--crop", type=int, default=None, help="training/eval crop size (default: from --preset: 224 paper, 112 demo)")
     a = p.add_argument_group("model and augmentation").add_argument
@@ -119,16 +120,35 @@ def get_args_parser():
     a("--wait-for-resources", action="store_true",
       help="wait for the cluster to grow instead of stopping when it is too small (default: off)")
     a("--print-freq", type=int, default=10, help="progress line every N steps (default: 10)")
-    a("--inject-failure", default=None, help=argparse.SUPPRESS)  # "EPOCH:STEP", for the fault-tolerance test
     return p
 
 
 def explicit_flags(argv):
-    """The flags given on the command line (argparse dests), so --resume can tell them from defaults."""
+    """{dest: the flag as typed} for the flags given on the command line, so --resume can tell them from defaults
+    and name them as the user wrote them (--no-lrn, not lrn; all of a flag's spellings where it was abbreviated)."""
     p = get_args_parser()
     for action in p._actions:
         action.default = argparse.SUPPRESS
-    return set(vars(p.parse_args(argv)))
+    spellings = {action.dest: "/".join(action.option_strings) for action in p._actions}
+    given = {dest: spellings[dest] for dest in vars(p.parse_args(argv))}
+    for token in argv:
+        action = p._option_string_actions.get(token.split("=", 1)[0])
+        if action is not None and action.dest in given:
+            given[action.dest] = token.split("=", 1)[0]
+    return given
+
+
+def failure_point():
+    """(epoch, step) from $ALEXNET_INJECT_FAILURE: the fault-tolerance test's hook, kept out of the run's settings."""
+    from cluster.train import FAILURE_ENV
+    text = os.environ.get(FAILURE_ENV)
+    if not text:
+        return None
+    try:
+        epoch, step = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise LaunchError(f"${FAILURE_ENV}={text!r}: expected EPOCH:STEP (0-based), e.g. 1:1") from None
+    return epoch, step
 
 
 def dali_missing():
@@ -157,6 +177,7 @@ def main(argv=None):
                 raise LaunchError(f"{(args.output_dir / args.name).resolve()} already exists: pass --resume to "
                                   "continue it, or choose another --name.")
             cfg = new_config(args, DEFAULT_DATA)
+        inject_failure = failure_point()
         # Ray Train V2 logs "Reporting training result ..." at INFO on every report from every rank, through a logger
         # that LoggingConfig(log_level) does not reach; Train's structured worker logging is what lets it through.
         # Ray passes the variable on from the driver to the controller and the workers.
@@ -183,7 +204,7 @@ def main(argv=None):
                 print(f"gradients all-reduced in {cfg.grad_compression} (--grad-compression), weights and updates in "
                       "fp32", flush=True)
             from cluster.run import fit
-            return fit(cfg)
+            return fit(cfg, inject_failure)
         finally:
             ray.shutdown()
     except (LaunchError, mf.ManifestError) as e:

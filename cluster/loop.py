@@ -4,7 +4,7 @@ torch.distributed when a process group is up, and are local otherwise.
 """
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -15,14 +15,17 @@ from cluster.config import MAX_LR_DECAYS
 
 @dataclass
 class LrSchedule:
-    """lr at every step: a linear warmup from base_lr to the peak, then the peak divided by 10 per decay.
+    """lr at every step: a linear ramp (the warmup) from base_lr to the peak, then the peak divided by 10 per decay.
 
-    The peak is passed in, not stored, because it follows the number of replicas (cluster/config.py), which may
-    change when an elastic run restarts; what is stored (state_dict) is how far the decay has gone.
+    The peak is passed in, not stored as a setting, because it follows the number of replicas (cluster/config.py),
+    which changes when an elastic run restarts with another world size or a run is resumed with another --workers.
+    start() is told the peak at every (re)start: when it is higher than the one the run trained at, the rate ramps
+    again, from where it was to the new one, as the launch rule warms up to a scaled rate (Goyal et al.) instead of
+    jumping to it. state_dict keeps how far the decay has gone, that peak and the current ramp.
 
-    plateau: a decay when validation error has not improved for more than `patience` epochs (torch's
-    ReduceLROnPlateau rule, relative threshold 1e-4), at most MAX_LR_DECAYS times, never counted during warmup.
-    step: a decay every `step_size` epochs.
+    plateau: torch's ReduceLROnPlateau rule (mode min, relative threshold 1e-4): `patience` epochs in a row without
+    improvement are allowed and the next one divides the rate by 10 (patience 2: the third), at most MAX_LR_DECAYS
+    times, never counted during a ramp. step: a decay every `step_size` epochs.
     """
     base_lr: float
     warmup_epochs: int
@@ -32,17 +35,49 @@ class LrSchedule:
     decays: int = 0
     best: float = math.inf
     bad_epochs: int = 0
+    ramp_from: float | None = None  # the rate a ramp starts at (None: base_lr, the first warmup)
+    ramp_start: int = 0  # its first epoch
+    ramp_epochs: int | None = None  # its length (None: warmup_epochs)
+    peak: float | None = None  # the peak the run last trained at (None: not started)
+
+    def __post_init__(self):
+        if self.ramp_from is None:
+            self.ramp_from, self.ramp_epochs = self.base_lr, self.warmup_epochs
 
     def lr(self, peak, epoch, progress=0.0):
         """The rate for `epoch` (0-based) at `progress` (0..1) through it."""
-        if epoch < self.warmup_epochs:
-            return self.base_lr + (peak - self.base_lr) * (epoch + progress) / self.warmup_epochs
+        target = self._after_ramp(peak, epoch)
+        if epoch < self._ramp_end():
+            return self.ramp_from + (target - self.ramp_from) * (epoch - self.ramp_start + progress) / self.ramp_epochs
+        return target
+
+    def _after_ramp(self, peak, epoch):
         decays = self.decays if self.schedule == "plateau" else epoch // self.step_size
         return peak * 0.1 ** decays
 
+    def _ramp_end(self):
+        return self.ramp_start + self.ramp_epochs
+
+    def start(self, peak, epoch, ramp_epochs):
+        """(Re)start at `epoch` with `peak` (this world size's). Returns what changed, to announce, or None.
+
+        A higher peak than the run trained at ramps from the rate the run had to the new one over `ramp_epochs`
+        (inside the first warmup too: it then heads for the new peak from where it is); a lower one applies at once
+        (a smaller rate needs no warmup)."""
+        old, self.peak = self.peak, peak
+        if old is None or math.isclose(old, peak, rel_tol=1e-9):
+            return None
+        now, target = self.lr(old, epoch), self._after_ramp(peak, epoch)
+        if target > now * (1 + 1e-9) and ramp_epochs > 0:
+            self.ramp_from, self.ramp_start, self.ramp_epochs = now, epoch, ramp_epochs
+            return (f"peak lr {old:g} -> {peak:g} (another world size): warming up from {now:.3g} to {target:.3g} "
+                    f"over epochs {epoch + 1}-{epoch + ramp_epochs}")
+        self.ramp_start, self.ramp_epochs = epoch, 0  # any ramp ends here
+        return f"peak lr {old:g} -> {peak:g} (another world size): the rate goes from {now:.3g} to {target:.3g}"
+
     def end_epoch(self, epoch, val_error):
         """Record epoch `epoch`'s validation error; returns True when the rate was just divided by 10."""
-        if self.schedule != "plateau" or epoch + 1 <= self.warmup_epochs:
+        if self.schedule != "plateau" or epoch + 1 <= self._ramp_end():
             return False
         if val_error < self.best * (1 - 1e-4):
             self.best, self.bad_epochs = val_error, 0
@@ -53,11 +88,16 @@ class LrSchedule:
             return True
         return False
 
+    STATE = ("decays", "best", "bad_epochs", "ramp_from", "ramp_start", "ramp_epochs", "peak")
+
     def state_dict(self):
-        return {k: v for k, v in asdict(self).items() if k in ("decays", "best", "bad_epochs")}
+        return {k: getattr(self, k) for k in self.STATE}
 
     def load_state_dict(self, state):
-        self.decays, self.best, self.bad_epochs = state["decays"], state["best"], state["bad_epochs"]
+        # a checkpoint from before the ramp was stored keeps the first warmup and no peak (no re-warm)
+        for k in self.STATE:
+            if k in state:
+                setattr(self, k, state[k])
 
 
 def make_optimizer(model, lr, momentum, wd):

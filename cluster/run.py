@@ -15,12 +15,12 @@ from cluster.run_files import EVENTS_FILE, METRICS_FILE, read_jsonl
 from cluster.train import train_loop_per_worker
 
 
-def make_trainer(cfg, callback):
+def make_trainer(cfg, callback, inject_failure=None):
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {})}
     # elastic: (min, max) replicas; Ray restarts the group smaller after a lost node and larger when it returns
     num_workers = cfg.workers if cfg.min_workers == cfg.workers else (cfg.min_workers, cfg.workers)
     return TorchTrainer(
-        train_loop_per_worker, train_loop_config={"config": cfg},
+        train_loop_per_worker, train_loop_config={"config": cfg, "inject_failure": inject_failure},
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources,
                                      elastic_resize_monitor_interval_s=cfg.resize_check_s),
         torch_config=TorchConfig(backend=cfg.backend),
@@ -47,7 +47,8 @@ def run_facts(cfg, history, events, dead_nodes):
             "preset": cfg.preset}
 
 
-def fit(cfg):
+def fit(cfg, inject_failure=None):
+    """Train, then write the outputs; 0 on success. inject_failure: (epoch, step) for the fault-tolerance test."""
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir)
@@ -57,7 +58,7 @@ def fit(cfg):
     storage = cfg.storage if cfg.storage != cfg.output_dir else "the run folder"
     print(f"training {cfg.workers} replica(s) on {cfg.data} -> {run_dir} (checkpoints: {storage})", flush=True)
     try:
-        result = make_trainer(cfg, callback).fit()
+        result = make_trainer(cfg, callback, inject_failure).fit()
     except Exception as e:  # Ray wraps the worker's error; its message carries the worker traceback
         print(f"error: training failed: {e}", file=sys.stderr)
         return 1

@@ -2,6 +2,7 @@
 resources each replica gets. Every message says which flag and what to do."""
 import dataclasses
 import math
+import os
 from pathlib import Path
 
 from cluster.config import GRAD_COMPRESSIONS, PRESETS, TrainConfig, default_warmup_epochs, scaled_lr
@@ -9,10 +10,11 @@ from pipeline import build_shards
 from pipeline import manifest as mf
 
 # Flags that may differ from the saved config on --resume: where and how the run goes on, not what it computes.
-# (--replicas/--min-replicas re-apply the lr rule in the workers, which read the world size they get.)
+# (--replicas/--min-replicas re-apply the lr rule in the workers, which read the world size they get, warming up
+# to a higher peak: cluster/loop.py LrSchedule.start.)
 CHANGEABLE_ON_RESUME = ("epochs", "max_failures", "print_freq", "address", "wait_for_resources", "workers",
                         "min_workers", "resize_check_s", "cpus_per_worker", "gpus_per_worker", "threads", "backend",
-                        "column1_device", "compile", "inject_failure")
+                        "column1_device", "compile")
 RUN_IDENTITY = ("name", "output_dir", "resume")  # they pick the run to resume
 FLAG_TO_FIELD = {"lr": "base_lr"}  # the one flag whose config field has another name
 
@@ -38,6 +40,35 @@ def ensure_data(data, default_data):
     if build_shards.main(["--out", str(path)]) != 0:
         raise LaunchError(f"building the demo set in {path} failed (see above)")
     return path.resolve()
+
+
+def is_uri(path):
+    return "://" in str(path)
+
+
+def storage_location(storage, output_dir):
+    """--storage as Ray needs it: a URI as given, a path made absolute (pyarrow, under Ray's storage, reads a
+    relative path as a URI and fails with "URI has empty scheme" once training has started)."""
+    if storage is None:
+        return str(output_dir)
+    return storage if is_uri(storage) else str(Path(storage).expanduser().resolve())
+
+
+def check_paths(cfg):
+    """--output-dir and a local --storage: absolute folders (or folders to be) this user can write, checked before
+    Ray starts rather than found out when the first checkpoint is written."""
+    for flag, path in (("--output-dir", cfg.output_dir), ("--storage", cfg.storage)):
+        if flag == "--storage" and is_uri(path):
+            continue
+        path = Path(path)
+        if not path.is_absolute():
+            raise LaunchError(f"{flag} {path}: not an absolute path (from an older config.json?); Ray's storage "
+                              "needs one. Start a new run with another --name.")
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not existing.is_dir():
+            raise LaunchError(f"{flag} {path}: {existing} is a file, not a folder. Choose another {flag}.")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise LaunchError(f"{flag} {path}: {existing} is not writable by this user. Choose another {flag}.")
 
 
 def default_preset(manifest):
@@ -69,9 +100,9 @@ def new_config(args, default_data):
         gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
         column1_device=args.column1_device, backend=args.backend, threads=args.threads, amp=args.amp,
         compile=args.compile, name=args.name, output_dir=str(output_dir),
-        storage=args.storage or str(output_dir), max_failures=args.max_failures,
+        storage=storage_location(args.storage, output_dir), max_failures=args.max_failures,
         wait_for_resources=args.wait_for_resources, print_freq=args.print_freq, address=args.address,
-        inject_failure=args.inject_failure, **pick)
+        **pick)
     cfg = dataclasses.replace(cfg, grad_compression=args.grad_compression)
     check(cfg, manifest)
     return cfg
@@ -79,7 +110,8 @@ def new_config(args, default_data):
 
 def resumed_config(args, explicit):
     """The saved TrainConfig with the changeable flags applied (and said); any other flag given with another value
-    than the saved one is an error naming it, never silently ignored."""
+    than the saved one is an error naming it, never silently ignored. explicit: {dest: the flag as the user typed
+    it} for the flags on the command line (launch.explicit_flags)."""
     run_dir = args.output_dir.resolve() / args.name
     try:
         saved = TrainConfig.load(run_dir)
@@ -89,7 +121,7 @@ def resumed_config(args, explicit):
     except (ValueError, TypeError) as e:
         raise LaunchError(f"--resume: {run_dir / 'config.json'} cannot be read: {e}") from None
     changes = {}
-    for dest in sorted(explicit - set(RUN_IDENTITY)):
+    for dest in sorted(set(explicit) - set(RUN_IDENTITY)):
         field, value = FLAG_TO_FIELD.get(dest, dest), getattr(args, dest)
         if dest == "data":
             value = str(Path(value).resolve())
@@ -97,7 +129,9 @@ def resumed_config(args, explicit):
         if value == old:
             continue
         if dest not in CHANGEABLE_ON_RESUME:
-            raise LaunchError(f"--resume: {flag_name(dest)} {value} differs from the run's saved value {old!r} "
+            given = explicit[dest]  # as typed: --no-lrn, not the dest lrn
+            given = given if isinstance(value, bool) else f"{given} {value}"
+            raise LaunchError(f"--resume: {given} differs from the run's saved value {field}={old!r} "
                               f"({run_dir / 'config.json'}); it would change what the run computes. Drop the flag, "
                               "or start a new run with another --name.")
         changes[field] = value
@@ -107,11 +141,17 @@ def resumed_config(args, explicit):
     for field, value in changes.items():
         print(f"--resume: {flag_name(field)} {value} applied (was {getattr(saved, field)!r})")
     cfg = dataclasses.replace(saved, **changes)
+    if "workers" in changes:
+        _, peak = cfg.recipe(cfg.workers)
+        print(f"--resume: the peak lr follows the global batch: {peak:g} for {cfg.workers} replica(s) (was "
+              f"{saved.lr:g}); a higher peak is reached by a warmup from the run's current rate (the workers say "
+              "over which epochs)")
     check(cfg, mf.load(cfg.data))
     return cfg
 
 
 def check(cfg, manifest):
+    check_paths(cfg)
     for name in ("workers", "min_workers", "batch_size", "epochs", "crop", "print_freq"):
         if getattr(cfg, name) < 1:
             raise LaunchError(f"{flag_name(name)} must be >= 1, got {getattr(cfg, name)}")

@@ -18,10 +18,13 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from cluster.compression import register as register_compression
+from cluster.config import DEFAULT_WARMUP_EPOCHS
 from cluster.loop import LrSchedule, evaluate, make_optimizer, train_one_epoch
 from cluster.run_files import CHECKPOINT_FILE
 from model import AlexNet, compile_for_speed
 from pipeline.loader import make_loader
+
+FAILURE_ENV = "ALEXNET_INJECT_FAILURE"  # "EPOCH:STEP", for tests only: read by launch.py, never in config.json
 
 
 def replica_devices(cfg):
@@ -53,16 +56,16 @@ def build_replica(cfg, devices):
     return model, trainable
 
 
-def _failure_hook(cfg, rank, start_epoch):
-    """--inject-failure EPOCH:STEP (tests): rank 1 (or 0 alone) raises at that step, in an attempt that started
-    from scratch only, so the restart from the checkpoint goes through."""
-    if not cfg.inject_failure or start_epoch > 0 or rank != min(1, cfg.workers - 1):
+def failure_hook(inject_at, rank, world, start_epoch):
+    """The fault-tolerance test's hook ($ALEXNET_INJECT_FAILURE): rank 1 of the live world (rank 0 alone) raises
+    at (epoch, step) `inject_at`, in an attempt that started from scratch only, so the restart from the checkpoint
+    goes through. The live world, not --workers: after an elastic shrink rank 1 may not exist."""
+    if inject_at is None or start_epoch > 0 or rank != min(1, world - 1):
         return None
-    at = tuple(int(v) for v in cfg.inject_failure.split(":"))
 
     def hook(epoch, step):
-        if (epoch, step) == at:
-            raise RuntimeError(f"injected failure at epoch {epoch}, step {step} (--inject-failure)")
+        if (epoch, step) == tuple(inject_at):
+            raise RuntimeError(f"injected failure at epoch {epoch}, step {step} ({FAILURE_ENV})")
     return hook
 
 
@@ -105,10 +108,14 @@ def train_loop_per_worker(loop_config):
     opt = make_optimizer(model, peak_lr, cfg.momentum, cfg.wd)
     schedule = LrSchedule(cfg.base_lr, cfg.warmup_epochs, cfg.lr_schedule, cfg.lr_patience, cfg.lr_step_size)
     start_epoch = _load_checkpoint(model, opt, schedule)
+    # another world size than the checkpoint's (elastic restart, --resume --workers): the launch rule again, a
+    # warmup over --warmup-epochs (5 when the run had none) from the rate the run had to the new peak
+    change = schedule.start(peak_lr, start_epoch, cfg.warmup_epochs or DEFAULT_WARMUP_EPOCHS)
     if log:
         log(f"{world} replica(s), global batch {global_batch}, peak lr {peak_lr:g}"
-            + (f"; resuming at epoch {start_epoch + 1} from the latest checkpoint" if start_epoch else ""))
-    before_step = _failure_hook(cfg, rank, start_epoch)
+            + (f"; resuming at epoch {start_epoch + 1} from the latest checkpoint" if start_epoch else "")
+            + (f"; {change}" if change else ""))
+    before_step = failure_hook(loop_config.get("inject_failure"), rank, world, start_epoch)
     node = ray.get_runtime_context().get_node_id()
     for epoch in range(start_epoch, cfg.epochs):
         train_loader.set_epoch(epoch)  # the order of epoch e is a function of (seed, e, rank, world)

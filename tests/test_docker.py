@@ -1,6 +1,7 @@
 """compose.yaml, the GPU override, the KubeRay manifest and the Dockerfile, checked without a Docker engine:
 the compose files against the Compose Specification's schema (check-jsonschema's vendored copy), and what they run
 against this repository."""
+import json
 import re
 import shlex
 import subprocess
@@ -178,10 +179,17 @@ def test_dockerfile_copies_and_runs_what_exists():
             for src in line.split()[1:-1]:
                 assert (ROOT / src).exists(), src
     assert re.search(r"^USER (?!root)\w+", text, re.M)
-    cmd = re.search(r'^CMD \["python", "([^"]+)"', text, re.M).group(1)
-    assert (ROOT / cmd).is_file()
-    for script in ("pipeline/build_shards.py", "cluster/launch.py"):
-        assert (ROOT / script).is_file()
+    # the image's CMD and the trainer's build step run as scripts from the repository root, as in the image
+    cmd = json.loads(re.search(r"^CMD (\[.*\])$", text, re.M).group(1))
+    assert cmd[0] == "python"
+    proc = subprocess.run([sys.executable, *cmd[1:]], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0 and "usage: launch.py" in proc.stdout, proc.stderr
+    words = shlex.split(expand(" ".join(load("compose.yaml")["services"]["trainer"]["command"])))
+    i = words.index("pipeline/build_shards.py")
+    flags = [w for w in words[i + 1:words.index("||", i)] if w.startswith("-")]
+    proc = subprocess.run([sys.executable, "pipeline/build_shards.py", "--help"], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0 and flags and all(f in proc.stdout for f in flags), (flags, proc.stderr)
     for pin in (ROOT / "docker" / "constraints.txt").read_text().split():
         if "==" in pin:
             assert re.fullmatch(r"[\w.-]+==[\w.]+", pin), pin
