@@ -139,7 +139,7 @@ def resumed_config(args, explicit):
         changes["min_workers"] = changes["workers"] if saved.min_workers == saved.workers else \
             min(saved.min_workers, changes["workers"])
     for field, value in changes.items():
-        print(f"--resume: {flag_name(field)} {value} applied (was {getattr(saved, field)!r})")
+        print(f"--resume: {explicit.get(field, flag_name(field))} {value} applied (was {getattr(saved, field)!r})")
     cfg = dataclasses.replace(saved, **changes)
     if "workers" in changes:
         _, peak = cfg.recipe(cfg.workers)
