@@ -47,17 +47,17 @@ def naive_loop(files, size=256):
     return len(files) / (time.perf_counter() - start)
 
 
-def timed_build(src, out, *flags):
+def timed_build(src, out, **flags):
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
-    assert build_shards.main(["--src", str(src), "--out", str(out), *flags]) == 0
+    build_shards.build(build_shards.BuildConfig(src=src, out=out, **flags))
     return len(list(src.glob("train/*/*.JPEG"))) / (time.perf_counter() - start)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-n", "--images", type=int, default=2000, help="images in the generated tree (default: 2000)")
-    p.add_argument("-j", "--workers", type=int, default=2, help="builder processes (default: 2)")
+    p.add_argument("-j", "--jobs", type=int, default=2, help="builder processes (default: 2)")
     p.add_argument("--repeats", type=int, default=3, help="alternating runs of each; medians reported (default: 3)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
@@ -67,15 +67,15 @@ def main(argv=None):
         runs = {"naive": [], "size256": [], "size0": []}
         for _ in range(args.repeats):  # alternate, so that drift in the machine's speed hits all three alike
             runs["naive"].append(naive_loop(files))
-            runs["size256"].append(timed_build(tmp / "src", tmp / "a", "--size", "256", "-j", str(args.workers)))
-            runs["size0"].append(timed_build(tmp / "src", tmp / "b", "--size", "0", "-j", str(args.workers)))
+            runs["size256"].append(timed_build(tmp / "src", tmp / "a", size=256, jobs=args.jobs))
+            runs["size0"].append(timed_build(tmp / "src", tmp / "b", size=0, jobs=args.jobs))
         median = {k: statistics.median(v) for k, v in runs.items()}
-        result = {"images": len(files), "cpus": os.cpu_count(), "workers": args.workers, "repeats": args.repeats,
+        result = {"images": len(files), "cpus": os.cpu_count(), "jobs": args.jobs, "repeats": args.repeats,
                   "naive_single_process_img_s": median["naive"], "build_size256_img_s": median["size256"],
                   "build_size0_img_s": median["size0"], "all": runs}
     result["size256_vs_naive"] = result["build_size256_img_s"] / result["naive_single_process_img_s"]
     print(json.dumps(result, indent=1))
-    print(f"--size 256 -j {args.workers}: {result['build_size256_img_s']:.0f} img/s = "
+    print(f"--size 256 -j {args.jobs}: {result['build_size256_img_s']:.0f} img/s = "
           f"{result['size256_vs_naive']:.2f}x "
           f"the naive loop ({result['naive_single_process_img_s']:.0f} img/s); --size 0: "
           f"{result['build_size0_img_s']:.0f} img/s. Target >= 1.8x.")
