@@ -31,9 +31,9 @@ DEFAULT_DATA = Path("data/shards")
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
-    a("--data", type=Path, default=None,
-      help=f"shard folder from pipeline/build_shards.py (default: {DEFAULT_DATA}; the demo set is built there "
-           "if missing)")
+    a("--data", type=str, default=None,  # str, not Path: Path("s3://b/p") would fold the "//"
+      help=f"shard folder from pipeline/build_shards.py, or s3://bucket/prefix (default: {DEFAULT_DATA}; the demo "
+           "set is built there if missing)")
     a("--preset", choices=sorted(PRESETS), default=None,
       help="defaults for the flags you leave out: paper = batch 128, 90 epochs, crop 224, paper init, lr patience "
            "2; demo = batch 32, 10 epochs, crop 112, Kaiming init, lr patience 10 (default: demo on the embedded "

@@ -5,7 +5,7 @@ import math
 from pathlib import Path
 
 from cluster.config import PRESETS, TrainConfig, default_warmup_epochs, scaled_lr
-from pipeline import build_shards
+from pipeline import build_shards, object_store
 from pipeline import manifest as mf
 
 # Flags that may differ from the saved config on --resume: where and how the run goes on, not what it computes.
@@ -26,7 +26,11 @@ def flag_name(dest):
 
 
 def ensure_data(data, default_data):
-    """The shard folder to train on, building the demo set when no --data was given and none is there."""
+    """The shard folder (or s3:// URI) to train on, building the demo set when no --data was given and none is
+    there. A URI's manifest and indexes are fetched now: a bad bucket, prefix or credentials fail before Ray starts."""
+    if object_store.is_uri(data):
+        mf.load(data)
+        return data
     path = Path(data) if data is not None else default_data
     if mf.manifest_path(path).is_file():
         return path.resolve()
@@ -34,8 +38,10 @@ def ensure_data(data, default_data):
         raise LaunchError(f"--data {path}: no manifest.json there. Build shards first: "
                           f"python pipeline/build_shards.py --src IMAGENET --out {path}")
     print(f"no shards in {path}: building the embedded demo set there first (python pipeline/build_shards.py)")
-    if build_shards.main(["--out", str(path)]) != 0:
-        raise LaunchError(f"building the demo set in {path} failed (see above)")
+    try:
+        build_shards.build(build_shards.BuildConfig(out=path))
+    except build_shards.BuildError as e:
+        raise LaunchError(f"building the demo set in {path} failed: {e}") from None
     return path.resolve()
 
 
@@ -89,7 +95,7 @@ def resumed_config(args, explicit):
     changes = {}
     for dest in sorted(explicit - set(RUN_IDENTITY)):
         field, value = FLAG_TO_FIELD.get(dest, dest), getattr(args, dest)
-        if dest == "data":
+        if dest == "data" and not object_store.is_uri(value):
             value = str(Path(value).resolve())
         old = getattr(saved, field)
         if value == old:

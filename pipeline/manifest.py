@@ -90,6 +90,16 @@ def split_files(data_dir, manifest, split):
     return [(d / s["tar"], d / s["idx"], s) for s in splits[split]["shards"]]
 
 
+def open_shard(tar):
+    """A shard from split_files as a binary file: from disk, or from the store for an s3:// one."""
+    if object_store.is_uri(tar):
+        try:
+            return object_store.open_read(tar)
+        except object_store.ObjectStoreError as e:
+            raise ManifestError(str(e)) from None
+    return open(tar, "rb")
+
+
 def _sha256(path):
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -12,6 +12,7 @@ prints or stores them, and a URI with credentials in it is refused.
 """
 import base64
 import hashlib
+import io
 import json
 import os
 import urllib.parse
@@ -62,7 +63,9 @@ def client():
     except ImportError:
         raise ObjectStoreError("s3:// paths need boto3: pip install boto3 (or pip install -e '.[s3]').") from None
     # A few quick retries: an unreachable endpoint should fail in seconds with a message, not hang for minutes.
-    return boto3.client("s3", config=Config(connect_timeout=5, read_timeout=60, retries={"max_attempts": 3}))
+    # A session of its own: boto3's default one keeps the credentials it first found, however the environment changes.
+    return boto3.session.Session().client("s3", config=Config(connect_timeout=5, read_timeout=60,
+                                                              retries={"max_attempts": 3}))
 
 
 def explain(e, uri):
@@ -171,7 +174,8 @@ def upload(staging, uri, manifest):
             skipped += 1
             continue
         with open(path, "rb") as body:
-            _call(uri, s3.put_object, Bucket=bucket, Key=key, Body=body,
+            # S3 checks the body against the manifest's sha256 and keeps it, for the check below and for --verify.
+            _call(uri, s3.put_object, Bucket=bucket, Key=key, Body=body, ChecksumAlgorithm="SHA256",
                   ChecksumSHA256=base64.b64encode(bytes.fromhex(want[1])).decode())
         got = _remote(s3, uri, key)
         if got != want:
@@ -231,3 +235,41 @@ def local_copy(uri):
     os.replace(tmp, where / "manifest.json")
     _LOCAL[uri] = where
     return where
+
+
+class _Ranges(io.RawIOBase):
+    """A stored object as a read-only seekable file, each read one ranged GET (wrapped in a BufferedReader, which
+    turns small sequential reads into few requests)."""
+
+    def __init__(self, uri):
+        self.uri, (self.bucket, self.key) = uri, parse(uri)
+        self.s3, self.pos = client(), 0
+        self.size = _call(uri, self.s3.head_object, Bucket=self.bucket, Key=self.key)["ContentLength"]
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def readinto(self, b):
+        n = min(len(b), self.size - self.pos)
+        if n <= 0:
+            return 0
+        rng = f"bytes={self.pos}-{self.pos + n - 1}"
+        data = _call(self.uri, self.s3.get_object, Bucket=self.bucket, Key=self.key, Range=rng)["Body"].read()
+        b[:len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+    def seek(self, pos, whence=io.SEEK_SET):
+        self.pos = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence] + pos
+        return self.pos
+
+    def tell(self):
+        return self.pos
+
+
+def open_read(uri):
+    """A stored shard as a binary file for random reads (pipeline/samples.py's, for figure 4)."""
+    return io.BufferedReader(_Ranges(uri), buffer_size=1 << 20)
