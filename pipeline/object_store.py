@@ -61,7 +61,7 @@ def client():
         import boto3
         from botocore.config import Config
     except ImportError:
-        raise ObjectStoreError("s3:// paths need boto3: pip install boto3 (or pip install -e '.[s3]').") from None
+        raise ObjectStoreError("s3:// paths need boto3: pip install boto3.") from None
     # A few quick retries: an unreachable endpoint should fail in seconds with a message, not hang for minutes.
     # A session of its own: boto3's default one keeps the credentials it first found, however the environment changes.
     return boto3.session.Session().client("s3", config=Config(connect_timeout=5, read_timeout=60,

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +22,7 @@ boto3 = pytest.importorskip("boto3")
 pytest.importorskip("moto.server")
 
 SLOW = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port():
@@ -140,7 +142,10 @@ def test_launch_trains_one_epoch_from_s3(s3, tmp_path):
     upload_demo("s3://shards/train", tmp_path)
     runs = tmp_path / "runs"
     assert launch.main(["--data", "s3://shards/train", "--output-dir", str(runs), "--name", "s3", "--epochs", "1",
-                        "--workers", "2", "-b", "8", "--crop", "64", "--cpus-per-worker", "0.5"]) == 0
+                        "--workers", "2", "-b", "8", "--crop", "64", "--cpus-per-worker", "0.5",
+                        "--storage", "s3://shards/runs"]) == 0
+    stored = [o["Key"] for o in s3.list_objects_v2(Bucket="shards", Prefix="runs/s3/")["Contents"]]
+    assert any("checkpoint" in k for k in stored), stored  # the object-store variant keeps no shared volume
     cfg = json.loads((runs / "s3" / "config.json").read_text())
     assert cfg["data"] == "s3://shards/train"
     summary = json.loads((runs / "s3" / "summary.json").read_text())
@@ -148,3 +153,21 @@ def test_launch_trains_one_epoch_from_s3(s3, tmp_path):
     text = "".join(p.read_text(errors="replace") for p in (runs / "s3").rglob("*") if p.is_file()
                    and p.suffix in (".json", ".jsonl", ".txt", ".log"))
     assert "AKIDTESTONLY0001" not in text and "s3cr3t-test-only" not in text  # in no file of the run
+
+
+def test_rayjob_object_store_variant():
+    """docker/rayjob-s3.yaml: shards and checkpoints in the store, no shared volume, credentials only from a Secret."""
+    yaml = pytest.importorskip("yaml")
+    text = (ROOT / "docker" / "rayjob-s3.yaml").read_text()
+    job = yaml.safe_load(text)
+    args = launch.get_args_parser().parse_args(job["spec"]["entrypoint"].split()[2:])
+    assert store.is_uri(args.data) and args.storage.startswith("s3://")
+    cluster = job["spec"]["rayClusterSpec"]
+    pods = [cluster["headGroupSpec"]["template"]["spec"]] + [g["template"]["spec"] for g in
+                                                             cluster["workerGroupSpecs"]]
+    for pod in pods:
+        assert not any("persistentVolumeClaim" in v for v in pod["volumes"])
+        (container,) = pod["containers"]
+        assert container["envFrom"] == [{"secretRef": {"name": "alexnet-s3"}}]
+        assert "env" not in container  # no credential written into the manifest
+    assert cluster["authOptions"]["mode"] == "token" and cluster["headGroupSpec"]["serviceType"] == "ClusterIP"
