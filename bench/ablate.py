@@ -1,7 +1,7 @@
 """Ablation of every technique the paper names, on the embedded shapes set: one command, docs/ABLATIONS.md + figures.
 
     python bench/ablate.py              # the full run (69 min on 2 cores): 8 variants x 2 seeds
-    python bench/ablate.py --quick      # a smoke version (~35 s): tiny set, 2 epochs, 1 seed, every variant
+    python bench/ablate.py --quick      # a smoke version (~2 min on 2 cores): tiny set, 2 epochs, 1 seed, every variant
 
 Each variant is the full recipe with one switch changed (tanh; no LRN; pooling z=2, s=2; no dropout; no crops/flips;
 no PCA lighting; no weight decay), trained with the same seeds and budget, single-process on the DALI CPU loader,
@@ -51,7 +51,7 @@ class AblateError(Exception):
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
-    a("--quick", action="store_true", help="the ~2 minute smoke version; changes the defaults marked 'quick' "
+    a("--quick", action="store_true", help="the smoke version (~2 min on 2 cores); changes the defaults marked 'quick' "
                                            "(default: off)")
     a("--variants", default=",".join(v.name for v in VARIANTS),
       help="comma-separated subset, trained in this order; 'full' (the reference) is always run, first unless "

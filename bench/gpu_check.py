@@ -1,15 +1,18 @@
-"""GPU validation in one run: loader speed, split-model speed and its variants (LRN, compile, cuDNN autotuning),
-a profile of the top kernels, real training steps, and GPU-vs-CPU correctness.
+"""GPU validation in one run, most important first: cluster/launch.py through Ray on the GPU, the loader, the split
+model's speed, one replica training on the loader, correctness, then the profile and the compiled variants.
 
-    python bench/gpu_check.py --out results/            # on a GPU node (about 5-8 minutes on one H100)
+    python bench/gpu_check.py --out results/                 # on a GPU node: everything (see --plan-only)
+    python bench/gpu_check.py --out r/ --budget-s 270        # only what fits in 270 s; says what it skipped
+    python bench/gpu_check.py --plan-only --budget-s 270     # print the plan and the estimates, run nothing
     python bench/gpu_check.py --out r/ --steps model_variants,profile   # only some steps
-    python bench/gpu_check.py --smoke --out /tmp/smoke  # every step on CPU at tiny sizes (what the tests run)
+    python bench/gpu_check.py --smoke --out /tmp/smoke       # every step on CPU at tiny sizes (what the tests run)
 
 Writes gpu_check.json and gpu_check.md to --out and prints the table. Needs the project's own dependencies (Ray
-only for the last step, `launch`, which runs cluster/launch.py end to end): see docs/GPU.md for installing them on
-a node without internet. Each step is independent: a step that
-fails is recorded with its error and the others still run. Steps are registered in STEPS below (a Step names
-its function, which takes a bench.gpu_check_steps.Context); steps may live in modules of their own.
+only for the `launch` step, which runs cluster/launch.py end to end): see docs/GPU.md for installing them on a node
+without internet, and for the two-run plan that fits a 15-minute lend. Each step is independent: a step that fails
+is recorded with its error and the others still run. Steps are registered in STEPS below in priority order (a Step
+names its function, which takes a bench.gpu_check_steps.Context); each step's cost for --budget-s is estimated by
+bench/gpu_plan.py from the runs recorded in docs/gpu_runs/.
 """
 import argparse
 import json
@@ -27,14 +30,17 @@ import torch  # noqa: E402
 
 from bench.gpu_check_steps import FULL, SMOKE, Context, Step  # noqa: E402
 from bench.gpu_launch import step_launch  # noqa: E402
+from bench.gpu_plan import Estimate, decide, describe, estimates, load_records, plan  # noqa: E402
 from bench.gpu_steps_model import (  # noqa: E402
+    step_compiled_variants,
     step_lrn_numerics,
     step_model,
     step_model_variants,
     step_profile,
 )
 from bench.profiling import markdown_table  # noqa: E402
-from bench.timing import loader_images_per_second, sync  # noqa: E402
+from bench.timing import loader_images_per_second  # noqa: E402
+from cluster.loop import LrSchedule, make_optimizer, train_one_epoch  # noqa: E402
 from model import AlexNet, GroupedAlexNet  # noqa: E402
 
 
@@ -50,6 +56,15 @@ def get_args_parser():
     p.add_argument("--steps", default=None,
                    help="comma-separated steps to run; shards runs too when a chosen step needs data "
                         "(default: all of " + ",".join(s.name for s in STEPS) + ")")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="run, in priority order, only the steps whose estimated time (bench/gpu_plan.py, from "
+                        "docs/gpu_runs/) fits in this many seconds; the skipped ones are listed (default: no budget)")
+    p.add_argument("--skipped-in", type=Path, default=None,
+                   help="a previous run's gpu_check.json: run only the steps it skipped, on its shards unless --data "
+                        "is given (the second run of docs/GPU.md's plan; default: off)")
+    p.add_argument("--plan-only", action="store_true",
+                   help="print which steps would run within --budget-s and their estimates, run nothing "
+                        "(default: off)")
     return p
 
 
@@ -106,38 +121,26 @@ def step_loader(ctx):
 
 
 def step_training(ctx):
-    """Real training steps of one replica fed by the loader: SGD, bf16 + channels_last on GPU."""
+    """One replica fed by the loader, trained by cluster/loop.py's own step (what the Ray workers run): SGD with
+    momentum, bf16 + channels_last on the GPU. Two epochs: the first warms up (cuDNN, first pipeline), the second is
+    the one timed, its own pipeline start included as in training."""
     from pipeline.loader import make_loader
     size, gpu = ctx.size, ctx.gpu
     dev = torch.device("cuda:0" if gpu else "cpu")
-    loader = make_loader(ctx.data, "train", size.model_batch, device="cuda" if gpu else "cpu",
+    loader = make_loader(ctx.data, "train", size.train_batch, device="cuda" if gpu else "cpu",
                          device_id=0 if gpu else None, crop=size.crop)
     model = AlexNet(init="kaiming").place(dev, dev).to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    steps, seen, start, losses, epoch = 0, 0, None, [], 0
-    warm = min(3, size.train_steps // 2)  # steps before timing starts (start-up, cuDNN autotuning)
-    while steps < size.train_steps:
+    lr = 0.01
+    opt = make_optimizer(model, lr, momentum=0.9, wd=5e-4)
+    schedule = LrSchedule(base_lr=lr, warmup_epochs=0)
+    epochs = []
+    for epoch in range(2):
         loader.set_epoch(epoch)
-        for images, labels, _ in loader:
-            images = images.to(dev).contiguous(memory_format=torch.channels_last)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=gpu):
-                loss = torch.nn.functional.cross_entropy(model(images), labels.to(dev))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            steps += 1
-            if steps == warm:
-                sync(dev)
-                start, seen = time.perf_counter(), 0
-            elif steps > warm:
-                seen += len(labels)
-            losses.append(loss.item())
-            if steps >= size.train_steps:
-                break
-        epoch += 1
-    sync(dev)
-    return {"train_img_s": seen / (time.perf_counter() - start) if start else None, "steps": steps,
-            "first_loss": losses[0], "last_loss": losses[-1]}
+        epochs.append(train_one_epoch(model, opt, loader, epoch=epoch, schedule=schedule, peak_lr=lr, device=dev,
+                                      amp=gpu))
+    return {"train_img_s": epochs[1]["images_per_second"], "warmup_epoch_img_s": epochs[0]["images_per_second"],
+            "steps_per_epoch": len(loader), "epoch1_loss": epochs[0]["train_loss"],
+            "epoch2_loss": epochs[1]["train_loss"]}
 
 
 def step_correctness(ctx):
@@ -189,20 +192,23 @@ def markdown(report):
                 continue
             shown = (f"{v:,.0f}" if abs(v) >= 100 else f"{v:.4g}") if isinstance(v, float) else v
             lines.append(f"| {step} | {k} | {shown} |")
+    for step, reason in report.get("skipped", {}).items():
+        lines.append(f"| {step} | skipped | {reason} |")
     return "\n".join(lines + tables) + "\n"
 
 
-STEPS = [
+STEPS = [  # priority order: under --budget-s the first ones run, what does not fit is skipped
     Step("shards", step_shards),
+    Step("launch", step_launch, needs_data=True),  # the real launcher through Ray (a GPU node may lack Ray)
     Step("loader", step_loader, needs_data=True),
     Step("model", step_model),
-    Step("model_variants", step_model_variants),
-    Step("profile", step_profile),
     Step("training", step_training, needs_data=True),
     Step("correctness", step_correctness, needs_data=True),
-    Step("lrn_numerics", step_lrn_numerics),
     Step("gpu_tests", step_gpu_tests, gpu_only=True),
-    Step("launch", step_launch, needs_data=True),  # last: it needs Ray, which a GPU node may lack
+    Step("model_variants", step_model_variants),
+    Step("lrn_numerics", step_lrn_numerics),
+    Step("profile", step_profile),
+    Step("compiled_variants", step_compiled_variants),
 ]
 
 
@@ -220,20 +226,58 @@ def chosen_steps(text):
     return [s for s in STEPS if s.name in names]
 
 
+def skipped_in(path, data):
+    """(--steps text, shards folder) for running what the report at `path` skipped."""
+    try:
+        report = json.loads(Path(path).read_text())
+        skipped = list(report["skipped"])
+    except (OSError, ValueError, KeyError) as e:
+        raise SystemExit(f"--skipped-in {path}: not a gpu_check.json with a 'skipped' table ({e}); give the "
+                         f"gpu_check.json written by a run with --budget-s") from None
+    shards = report.get("steps", {}).get("shards", {}).get("data")
+    return ",".join(skipped), data if data is not None else (Path(shards) if shards else None)
+
+
+def step_needs(step):
+    return ("shards",) if step.needs_data else ()
+
+
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
+    if args.skipped_in is not None:
+        args.steps, args.data = skipped_in(args.skipped_in, args.data)
+        if not args.steps:
+            print(f"{args.skipped_in} skipped no step: nothing to run")
+            return 0
     steps = chosen_steps(args.steps)
-    args.out.mkdir(parents=True, exist_ok=True)
     gpu = torch.cuda.is_available() and not args.smoke
-    if not gpu and not args.smoke:
+    if not gpu and not args.smoke and not args.plan_only:
         print("no CUDA device found: running the smoke version (use --smoke to ask for it)")
         args.smoke = True
+    if not gpu and not args.plan_only:  # gpu_only steps do not run here, and are not planned
+        steps = [s for s in steps if not s.gpu_only]
+    budget = None if args.smoke else args.budget_s
+    if args.smoke and args.budget_s is not None:
+        print("--budget-s is ignored in a smoke run: the estimates are GPU times")
+    est = estimates([s.name for s in steps], load_records())
+    if args.data is not None:  # the shards are there: the step only reads their manifest
+        est["shards"] = Estimate(0.0, "--data given")
+    print(describe(plan([(s.name, step_needs(s)) for s in steps], est, budget), budget), flush=True)
+    if args.plan_only:
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
     ctx = Context(args, SMOKE if args.smoke else FULL, gpu)
-    report = {"smoke": args.smoke, "environment": environment(), "steps": {},
+    report = {"smoke": args.smoke, "environment": environment(), "steps": {}, "skipped": {}, "budget_s": budget,
               "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-
+    start = time.time()
+    ctx.deadline = start + budget if budget is not None else None  # launch's cases stop there
     for step in steps:
-        if (step.needs_data and ctx.data is None) or (step.gpu_only and not gpu):
+        # decided again with the real time spent so far: a slow step early leaves less for the later ones
+        d = decide(step.name, est[step.name], budget_s=budget, spent_s=time.time() - start,
+                   missing=[n for n in step_needs(step) if ctx.data is None])
+        if not d.run:
+            report["skipped"][step.name] = d.reason
+            print(f"[{step.name}] skipped: {d.reason}", flush=True)
             continue
         t = time.time()
         try:
@@ -244,6 +288,7 @@ def main(argv=None):
         report["steps"][step.name]["seconds"] = round(time.time() - t, 1)
         print(f"[{step.name}] {report['steps'][step.name]}", flush=True)
         (args.out / "gpu_check.json").write_text(json.dumps(report, indent=1))  # partial results survive a kill
+    (args.out / "gpu_check.json").write_text(json.dumps(report, indent=1))
     table = markdown(report)
     (args.out / "gpu_check.md").write_text(table)
     print(table)

@@ -14,11 +14,12 @@ class Sizes:
     crop: int
     iters: int
     cpu_column_iters: int
-    train_steps: int
+    train_batch: int  # the "training" step: one replica fed by the loader for 2 epochs
     variant_batch: int  # the issue-11 target: batch 256, bf16, split on one GPU
     variant_iters: int
     variant_repeats: int
-    variants: tuple  # names in bench/model_variants.py
+    variants: tuple  # names in bench/model_variants.py: the eager ones (the "model_variants" step)
+    compiled_variants: tuple  # the torch.compile ones (the "compiled_variants" step: minutes of compiling)
     profile_variants: tuple
     profile_top: int
     profile_steps: int  # profiled steps, after as many unprofiled warm-up steps
@@ -28,14 +29,15 @@ class Sizes:
 
 
 FULL = Sizes(train_per_class=1000, val_per_class=50, loader_batch=256, model_batch=128, crop=224, iters=20,
-             cpu_column_iters=3, train_steps=60, variant_batch=256, variant_iters=20, variant_repeats=2,
-             variants=("torch_lrn", "fast_lrn", "fast_lrn_cudnn", "compiled", "compiled_torch_lrn", "cudagraphs",
-                       "no_lrn"),
-             profile_variants=("torch_lrn", "compiled"), profile_top=15, profile_steps=3, lrn_check_batch=16,
+             cpu_column_iters=3, train_batch=128, variant_batch=256, variant_iters=20, variant_repeats=2,
+             variants=("torch_lrn", "fast_lrn", "fast_lrn_cudnn", "no_lrn"),
+             compiled_variants=("compiled", "compiled_torch_lrn", "cudagraphs"),
+             profile_variants=("fast_lrn", "compiled"), profile_top=15, profile_steps=3, lrn_check_batch=16,
              compile_backend="inductor", launch_timeout=240)
 SMOKE = Sizes(train_per_class=4, val_per_class=2, loader_batch=8, model_batch=4, crop=64, iters=2,
-              cpu_column_iters=1, train_steps=4, variant_batch=4, variant_iters=1, variant_repeats=1,
-              variants=("torch_lrn", "fast_lrn", "compiled"), profile_variants=("torch_lrn", "fast_lrn"),
+              cpu_column_iters=1, train_batch=8, variant_batch=4, variant_iters=1, variant_repeats=1,
+              variants=("torch_lrn", "fast_lrn"), compiled_variants=("compiled",),
+              profile_variants=("torch_lrn", "fast_lrn"),
               profile_top=15, profile_steps=1, lrn_check_batch=2, compile_backend="aot_eager",
               launch_timeout=400)
 
@@ -46,6 +48,7 @@ class Context:
     size: Sizes
     gpu: bool
     data: str | None = None  # the shards folder, once the shards step has made or found it
+    deadline: float | None = None  # time.time() at which --budget-s runs out: a step with parts stops there
 
 
 @dataclass(frozen=True)

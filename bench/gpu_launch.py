@@ -61,8 +61,13 @@ def step_launch(ctx):
     flat, codes = {}, []
     for name, flags in cases.items():
         shards = small if name in SMALL_SET_CASES else ctx.data
-        result = run_case(name, flags, shards, out, crop=size.crop, batch=size.model_batch,
-                          timeout=size.launch_timeout)
+        timeout = size.launch_timeout
+        if ctx.deadline is not None:  # under --budget-s a case never runs past the budget's end
+            timeout = min(timeout, int(ctx.deadline - time.time()))
+            if timeout < 10:
+                flat[f"{name}.skipped"] = "--budget-s ran out before this case"
+                continue
+        result = run_case(name, flags, shards, out, crop=size.crop, batch=size.model_batch, timeout=timeout)
         codes.append(result["exit_code"])
         flat.update({f"{name}.{k}": v for k, v in result.items()})
     flat["exit_code"] = next((c for c in codes if c != 0), 0)

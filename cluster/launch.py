@@ -1,9 +1,10 @@
 """Train AlexNet on a Ray cluster: N data-parallel replicas, each split over two GPUs as in the paper.
 
-    python cluster/launch.py --workers 4                          # local Ray; demo shards built if missing
-    python cluster/launch.py --workers 4 --data /data/shards --amp           # the paper's recipe on real data
-    python cluster/launch.py --address auto --workers 16 --min-workers 8 --data /shared/shards --max-failures 3
+    python cluster/launch.py --replicas 4                         # local Ray; demo shards built if missing
+    python cluster/launch.py --replicas 4 --data /data/shards     # the paper's recipe on real data
+    python cluster/launch.py --address auto --replicas 16 --min-replicas 8 --data /shared/shards --max-failures 3
     python cluster/launch.py --name my-run --resume               # continue a stopped run at its epoch
+    python cluster/launch.py --name my-run --test-only            # 10-crop top-1/top-5 of its checkpoint
 
 The recipe is per image at any replica count: --lr is the rate for a global batch of 128 (the paper's one replica),
 and the run uses lr x global batch / 128 after a linear warmup (cluster/config.py). --preset paper|demo fills in the
@@ -13,6 +14,7 @@ Outputs go to --output-dir/--name (config.json, metrics.jsonl, events.jsonl, ten
 checkpoints to --storage (default: the same folder).
 """
 import argparse
+import importlib.util
 import os
 import sys
 import time
@@ -30,20 +32,23 @@ DEFAULT_DATA = Path("data/shards")
 
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    a = p.add_argument
-    a("--data", type=str, default=None,  # str, not Path: Path("s3://b/p") would fold the "//"
+    # Groups only change --help's layout; each `a = ...` line starts the next group.
+    a = p.add_argument_group("data").add_argument
+    a("--data", "--data-path", dest="data", type=str, default=None,  # str: Path("s3://b/p") would fold the "//"
       help=f"shard folder from pipeline/build_shards.py, or s3://bucket/prefix (default: {DEFAULT_DATA}; the demo "
            "set is built there if missing)")
     a("--preset", choices=sorted(PRESETS), default=None,
       help="defaults for the flags you leave out: paper = batch 128, 90 epochs, crop 224, paper init, lr patience "
            "2; demo = batch 32, 10 epochs, crop 112, Kaiming init, lr patience 10 (default: demo on the embedded "
            "demo set, paper otherwise)")
-    a("--workers", type=int, default=4, help="data-parallel replicas, one Ray worker each (default: 4)")
-    a("--min-workers", type=int, default=None,
+    a = p.add_argument_group("replicas and the Ray cluster").add_argument
+    a("--replicas", "--workers", dest="workers", type=int, default=4, metavar="N",
+      help="data-parallel AlexNet replicas, one Ray worker each (--workers: the same flag) (default: 4)")
+    a("--min-replicas", "--min-workers", dest="min_workers", type=int, default=None, metavar="M",
       help="elastic: keep training with as few as this many replicas when nodes are lost, and grow back to "
-           "--workers when they return (default: --workers, not elastic)")
+           "--replicas when they return (default: --replicas, not elastic)")
     a("--resize-check-s", type=float, default=60.0,
-      help="elastic runs: seconds between looks for room to grow back to --workers; growing restarts the replicas "
+      help="elastic runs: seconds between looks for room to grow back to --replicas; growing restarts the replicas "
            "from the latest checkpoint (default: 60)")
     a("--gpus-per-worker", type=float, default=None,
       help="GPUs per replica: 2 puts the columns on two GPUs, 1 both on one, a fraction such as 0.5 lets replicas "
@@ -58,13 +63,14 @@ def get_args_parser():
     a("--address", default=os.environ.get("RAY_ADDRESS"),
       help="an existing Ray cluster: auto, HOST:6379 or ray://HOST:10001 (default: $RAY_ADDRESS, else a new local "
            "cluster)")
+    a = p.add_argument_group("recipe").add_argument
     a("-b", "--batch-size", type=int, default=None, help="images per replica per step (default: from --preset)")
     a("--epochs", type=int, default=None, help="epochs to train (default: from --preset: 90 paper, 10 demo)")
     a("--lr", type=float, default=0.01,
       help="learning rate for a global batch of 128, scaled with the global batch (default: 0.01)")
     a("--lr-scaling", choices=["linear", "none"], default="linear",
       help="linear: lr x global batch / 128; none: --lr as it is (default: linear)")
-    a("--warmup-epochs", type=int, default=None,
+    a("--warmup-epochs", "--lr-warmup-epochs", dest="warmup_epochs", type=int, default=None,
       help="epochs of linear warmup from --lr to the scaled rate (default: 5 when the scaled rate is larger, "
            "else 0)")
     a("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
@@ -76,6 +82,7 @@ def get_args_parser():
       help="epochs without improvement before lr / 10 (default: from --preset: 2 paper, 10 demo)")
     a("--lr-step-size", type=int, default=30, help="epochs per lr / 10 with --lr-schedule step (default: 30)")
     a("--crop", type=int, default=None, help="training/eval crop size (default: from --preset: 224 paper, 112 demo)")
+    a = p.add_argument_group("model and augmentation").add_argument
     a("--init", choices=["paper", "kaiming"], default=None, help="weight init (default: from --preset)")
     a("--activation", choices=["relu", "tanh"], default="relu", help="nonlinearity (default: relu)")
     a("--no-lrn", dest="lrn", action="store_false", help="drop local response normalisation (default: LRN on)")
@@ -86,9 +93,12 @@ def get_args_parser():
            "(section 4.2) (default: 0.5)")
     a("--random-resized-crop", action="store_true",
       help="modern random-resized crops instead of the paper's fixed-scale crops (default: off)")
-    a("--amp", action="store_true", help="bf16 autocast on GPU (default: off)")
+    a = p.add_argument_group("speed").add_argument
+    a("--amp", action="store_true",
+      help="bf16 autocast on GPU; not the paper's fp32 recipe (default: off)")
     a("--compile", action="store_true", help="torch.compile each replica (default: off)")
     a("-j", "--threads", type=int, default=None, help="CPU threads per worker for DALI and torch (default: its CPUs)")
+    a = p.add_argument_group("run, outputs and checkpoints").add_argument
     a("--seed", type=int, default=0, help="data order and augmentation seed (default: 0)")
     a("--output-dir", type=Path, default=Path("runs"), help="where runs go (default: runs)")
     a("--name", default=None, help="run name, a folder under --output-dir (default: the start time)")
@@ -96,7 +106,11 @@ def get_args_parser():
       help="where Ray keeps checkpoints: a path every node sees, or a URI such as s3://bucket/runs "
            "(default: --output-dir)")
     a("--resume", action="store_true",
-      help="continue run --name from its latest checkpoint with its saved config.json (default: off)")
+      help="continue run --name (under --output-dir) from its latest checkpoint with its saved config.json; takes "
+           "no path, unlike torchvision's --resume CHECKPOINT (default: off)")
+    a("--test-only", action="store_true",
+      help="no training: the 10-crop top-1/top-5 error of run --name's final (else latest) checkpoint on the "
+           "validation set of its --data, in this process without Ray (default: off)")
     a("--max-failures", type=int, default=0,
       help="restart from the latest checkpoint this many times when a worker or node dies (default: 0)")
     a("--wait-for-resources", action="store_true",
@@ -114,9 +128,23 @@ def explicit_flags(argv):
     return set(vars(p.parse_args(argv)))
 
 
+def dali_missing():
+    """DALI is an extra (cu12 or cu13, see pyproject.toml); without it every worker would fail at import."""
+    if importlib.util.find_spec("nvidia") is None or importlib.util.find_spec("nvidia.dali") is None:
+        return ("NVIDIA DALI is not installed. Install the project with one of its DALI extras: pip install -e "
+                "'.[cu12]' (NVIDIA driver >= 525.60, or no GPU) or pip install -e '.[cu13]' (driver >= 580).")
+    return None
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = get_args_parser().parse_args(argv)
+    if dali_missing():
+        print(f"error: {dali_missing()}", file=sys.stderr)
+        return 2
+    if args.test_only:
+        from cluster.evaluate import test_only
+        return test_only(args)
     args.name = args.name or time.strftime("%Y%m%d-%H%M%S")
     try:
         if args.resume:

@@ -9,7 +9,7 @@ from pipeline import build_shards, object_store
 from pipeline import manifest as mf
 
 # Flags that may differ from the saved config on --resume: where and how the run goes on, not what it computes.
-# (--workers/--min-workers re-apply the lr rule in the workers, which read the world size they get.)
+# (--replicas/--min-replicas re-apply the lr rule in the workers, which read the world size they get.)
 CHANGEABLE_ON_RESUME = ("epochs", "max_failures", "print_freq", "address", "wait_for_resources", "workers",
                         "min_workers", "resize_check_s", "cpus_per_worker", "gpus_per_worker", "threads", "backend",
                         "column1_device", "compile", "inject_failure")
@@ -22,7 +22,8 @@ class LaunchError(Exception):
 
 
 def flag_name(dest):
-    return {"threads": "-j/--threads", "wd": "--wd"}.get(dest, "--" + dest.replace("_", "-"))
+    return {"threads": "-j/--threads", "wd": "--wd", "workers": "--replicas", "min_workers": "--min-replicas"}.get(
+        dest, "--" + dest.replace("_", "-"))
 
 
 def ensure_data(data, default_data):
@@ -120,7 +121,7 @@ def check(cfg, manifest):
         if getattr(cfg, name) < 1:
             raise LaunchError(f"{flag_name(name)} must be >= 1, got {getattr(cfg, name)}")
     if cfg.min_workers > cfg.workers:
-        raise LaunchError(f"--min-workers {cfg.min_workers} is more than --workers {cfg.workers}.")
+        raise LaunchError(f"--min-replicas {cfg.min_workers} is more than --replicas {cfg.workers}.")
     gpus = cfg.gpus_per_worker
     if gpus is not None and not (gpus == 0 or 0 < gpus <= 1 or gpus == 2):
         raise LaunchError(f"--gpus-per-worker must be 0, a fraction up to 1, or 2 (one replica spans at most two "
@@ -164,10 +165,10 @@ def check_resources(cfg, available):
     have_cpu, have_gpu = available.get("CPU", 0), available.get("GPU", 0)
     if need_cpu <= have_cpu + 1e-9 and need_gpu <= have_gpu + 1e-9:
         return
-    replicas = f"--workers {cfg.workers}" if cfg.min_workers == cfg.workers else f"--min-workers {cfg.min_workers}"
+    replicas = f"--replicas {cfg.workers}" if cfg.min_workers == cfg.workers else f"--min-replicas {cfg.min_workers}"
     msg = (f"{replicas} needs {need_cpu:g} CPUs and {need_gpu:g} GPUs ({cfg.cpus_per_worker:g} CPUs, "
            f"{cfg.gpus_per_worker:g} GPUs each); the cluster has {have_cpu:g} CPUs and {have_gpu:g} GPUs. Use fewer "
-           "--workers, lower --gpus-per-worker/--cpus-per-worker, add nodes, or pass --wait-for-resources.")
+           "--replicas, lower --gpus-per-worker/--cpus-per-worker, add nodes, or pass --wait-for-resources.")
     if not cfg.wait_for_resources:
         raise LaunchError(msg)
     print(f"waiting for resources: {msg}")

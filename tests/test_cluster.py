@@ -144,7 +144,7 @@ def test_too_small_a_cluster_is_a_clear_error_not_a_wait(demo_shards, tmp_path, 
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--workers", "0"], "--workers must be >= 1"),
+    (["--workers", "0"], "--replicas must be >= 1"),
     (["-b", "1000"], "larger than a worker's share"),
     (["--gpus-per-worker", "3"], "--gpus-per-worker must be 0, a fraction up to 1, or 2"),
 ])

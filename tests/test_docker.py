@@ -169,3 +169,14 @@ def test_dependency_layer_does_not_depend_on_readme_or_code():
 def test_dockerignore_keeps_data_runs_and_venvs_out():
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {"data/", "runs/", ".venv/"} <= set(ignored)
+
+
+def test_kuberay_pods_run_as_the_images_user_and_can_write_the_volume():
+    # the image's user owns nothing on a fresh volume: fsGroup makes Kubernetes hand the mounted volume to its group
+    uid = int(re.search(r"useradd .*--uid (\d+)", (ROOT / "docker" / "Dockerfile").read_text()).group(1))
+    cluster = load("docker/rayjob.yaml")["spec"]["rayClusterSpec"]
+    for group in (cluster["headGroupSpec"], *cluster["workerGroupSpecs"]):
+        pod = group["template"]["spec"]
+        assert pod["securityContext"]["runAsUser"] == uid and pod["securityContext"]["fsGroup"] == uid
+        mounts = {m["mountPath"] for c in pod["containers"] for m in c["volumeMounts"]}
+        assert {"/data", "/runs"} <= mounts

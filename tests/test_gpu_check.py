@@ -16,18 +16,22 @@ def test_gpu_check_smoke_runs_every_step(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["smoke"] is True
-    assert set(report["steps"]) == {"shards", "loader", "model", "model_variants", "profile", "training",
-                                    "correctness", "lrn_numerics", "launch"}
+    assert set(report["steps"]) == {"shards", "loader", "model", "model_variants", "compiled_variants", "profile",
+                                    "training", "correctness", "lrn_numerics", "launch"}
+    assert report["skipped"] == {} and report["budget_s"] is None  # no budget in a smoke run
     assert all("error" not in step for step in report["steps"].values())
     variants = report["steps"]["model_variants"]
-    assert all(variants[f"{v}_img_s"] > 0 for v in ("torch_lrn", "fast_lrn", "compiled"))
-    assert variants["best_variant"] in ("torch_lrn", "fast_lrn", "compiled") and variants["batch"] == 4
+    assert all(variants[f"{v}_img_s"] > 0 for v in ("torch_lrn", "fast_lrn"))
+    assert variants["best_variant"] in ("torch_lrn", "fast_lrn") and variants["batch"] == 4
+    assert report["steps"]["compiled_variants"]["compiled_img_s"] > 0
+    assert report["steps"]["model"]["split_same_device_batch4_img_s"] > 0
     top = report["steps"]["profile"]["torch_lrn_top_kernels"]
     assert 0 < len(top) <= 15 and top[0]["ms_per_step"] >= top[-1]["ms_per_step"] > 0
     numerics = report["steps"]["lrn_numerics"]
     assert numerics["fast_fp32_fwd_max_rel_diff"] < 1e-5 and numerics["compiled_fp32_bwd_max_rel_diff"] < 1e-5
     assert report["steps"]["loader"]["cpu_train_img_s"] > 0
-    assert report["steps"]["training"]["steps"] == 4 and report["steps"]["training"]["train_img_s"] > 0
+    training = report["steps"]["training"]  # cluster/loop.py's step, 2 epochs of the smoke set
+    assert training["steps_per_epoch"] > 0 and training["train_img_s"] > 0 and training["epoch2_loss"] > 0
     assert report["steps"]["correctness"]["split_vs_single_max_rel_diff"] < 1e-4
     launch = report["steps"]["launch"]  # the real launcher, end to end (one CPU replica in the smoke run)
     assert launch["exit_code"] == 0 and launch["cpu.replicas_per_epoch"] == [1, 1]
@@ -43,3 +47,82 @@ def test_steps_flag_adds_the_shards_a_step_needs():
     assert [s.name for s in chosen_steps("training")] == ["shards", "training"]
     with pytest.raises(SystemExit, match="--steps: unknown step"):
         chosen_steps("model,lanch")
+
+
+def _est(**seconds):
+    from bench.gpu_plan import Estimate
+    return {name: Estimate(s, "test") for name, s in seconds.items()}
+
+
+def test_plan_runs_in_priority_order_and_skips_what_does_not_fit():
+    from bench.gpu_plan import plan
+    steps = [("shards", ()), ("launch", ("shards",)), ("model", ()), ("compiled", ()), ("lrn", ())]
+    decisions = plan(steps, _est(shards=20, launch=150, model=15, compiled=200, lrn=30), budget_s=230)
+    assert [(d.step, d.run) for d in decisions] == [("shards", True), ("launch", True), ("model", True),
+                                                    ("compiled", False), ("lrn", True)]  # a later, smaller one fits
+    assert "does not fit in the 45 s left of --budget-s 230" in decisions[3].reason
+    assert all(d.run for d in plan(steps, _est(shards=20, launch=150, model=15, compiled=200, lrn=30), None))
+
+
+def test_plan_skips_a_step_whose_shards_did_not_run():
+    from bench.gpu_plan import plan
+    decisions = plan([("shards", ()), ("launch", ("shards",)), ("model", ())], _est(shards=50, launch=1, model=1),
+                     budget_s=10)
+    assert [d.run for d in decisions] == [False, False, True]
+    assert decisions[1].reason == "needs shards, which did not run"
+
+
+def test_decide_uses_the_time_really_spent():
+    from bench.gpu_plan import Estimate, decide
+    est = Estimate(60, "test")
+    assert decide("profile", est, budget_s=270, spent_s=200).run
+    assert not decide("profile", est, budget_s=270, spent_s=211).run
+
+
+def test_estimates_take_the_slowest_recorded_run_and_name_guesses():
+    from bench.gpu_plan import ADDED_SINCE_RECORDS_S, UNMEASURED_GUESS_S, estimates
+    records = [{"smoke": False, "steps": {"loader": {"seconds": 8.6}, "launch": {"error": "x", "seconds": 2.0}}},
+               {"smoke": False, "steps": {"loader": {"seconds": 15.3}}},
+               {"smoke": True, "steps": {"loader": {"seconds": 99.0}}}]  # a smoke run's time says nothing
+    est = estimates(["loader", "launch", "model"], records + [{"steps": {"model": {"seconds": 7.0}}}])
+    assert est["loader"].seconds == 15.3 and est["loader"].source == "recorded (2 runs)"
+    assert est["launch"].seconds == UNMEASURED_GUESS_S["launch"] and est["launch"].source == "guess"  # failed: no
+    assert est["model"].seconds == 7.0 + ADDED_SINCE_RECORDS_S["model"]
+    with pytest.raises(ValueError, match="no recorded time and no guess for step 'new_step'"):
+        estimates(["new_step"], records)
+
+
+def test_every_step_has_an_estimate_from_the_kept_records():
+    from bench.gpu_check import STEPS
+    from bench.gpu_plan import estimates, load_records
+    est = estimates([s.name for s in STEPS], load_records())
+    assert est["shards"].source.startswith("recorded") and est["shards"].seconds > 0
+
+
+def test_plan_only_prints_the_plan_and_what_it_skips(capsys):
+    from bench.gpu_check import main
+    assert main(["--plan-only", "--budget-s", "60"]) == 0
+    out = capsys.readouterr().out
+    assert "plan (--budget-s 60.0):" in out and "SKIP launch" in out and "does not fit" in out
+
+
+def test_skipped_in_runs_what_the_first_run_skipped(tmp_path):
+    from bench.gpu_check import skipped_in
+    report = tmp_path / "gpu_check.json"
+    report.write_text(json.dumps({"steps": {"shards": {"data": "/x/shards"}},
+                                  "skipped": {"profile": "...", "compiled_variants": "..."}}))
+    assert skipped_in(report, None) == ("profile,compiled_variants", Path("/x/shards"))
+    assert skipped_in(report, Path("/other"))[1] == Path("/other")
+    with pytest.raises(SystemExit, match="--skipped-in .*: not a gpu_check.json"):
+        skipped_in(tmp_path / "missing.json", None)
+
+
+def test_launch_cases_past_the_budget_are_skipped_not_run(tmp_path):
+    import argparse
+    import time
+
+    from bench.gpu_check_steps import SMOKE, Context
+    from bench.gpu_launch import step_launch
+    ctx = Context(argparse.Namespace(out=tmp_path, workers=1), SMOKE, gpu=False, data=str(tmp_path / "none"),
+                  deadline=time.time() + 5)  # under the 10 s a case needs at least
+    assert step_launch(ctx) == {"cpu.skipped": "--budget-s ran out before this case", "exit_code": 0}

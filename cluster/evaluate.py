@@ -1,0 +1,71 @@
+"""launch.py --test-only: the paper's 10-crop top-1/top-5 error of a finished (or stopped) run's checkpoint on the
+validation set, in this process, without Ray (the evaluation torchvision's references call --test-only).
+
+    python cluster/launch.py --name my-run --test-only [--output-dir runs] [--data SHARDS] [-j 8]
+
+The net is built from the run's config.json (cluster/report.py's single-device form, which loads the split net's
+state_dict), the validation loader is cluster/train.py's last-epoch 10-crop loader, and the numbers come from
+cluster/loop.py's evaluate: the same definitions as a run's val_top1_error_10crop / val_top5_error_10crop.
+"""
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from cluster.config import TrainConfig
+from cluster.loop import evaluate
+from cluster.report import ReportError, RunSettings, build_model, load_model_state
+from pipeline import manifest as mf
+from pipeline.loader import make_loader
+
+
+def find_checkpoint(run_dir, cfg):
+    """summary.json's final checkpoint when the run finished, else the newest checkpoint_* under --storage."""
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        named = json.loads(summary.read_text()).get("checkpoint")
+        if named:
+            return named
+    store = Path(cfg.storage) / cfg.name
+    found = sorted(store.glob("checkpoint_*")) if "://" not in cfg.storage else []
+    if not found:  # Ray names them checkpoint_<date>_<time>: the last in sorted order is the newest
+        raise ReportError(f"--test-only: no checkpoint for run {cfg.name}: {summary} names none and {store} has no "
+                          "checkpoint_* folder. Has the run finished an epoch?")
+    return str(found[-1])
+
+
+def test_only(args):
+    """Print and return 0, or an error naming what is missing and return 2."""
+    if not args.name:
+        print("error: --test-only needs --name RUN (a folder under --output-dir)", file=sys.stderr)
+        return 2
+    run_dir = args.output_dir.resolve() / args.name
+    try:
+        cfg = TrainConfig.load(run_dir)
+    except FileNotFoundError:
+        print(f"error: --test-only: no run at {run_dir} (config.json missing). Check --output-dir and --name.",
+              file=sys.stderr)
+        return 2
+    data = str(args.data.resolve()) if args.data is not None else cfg.data
+    try:
+        mf.load(data)
+        checkpoint = find_checkpoint(run_dir, cfg)
+        settings = RunSettings.from_config({**vars(cfg), "data": data}, run_dir / "config.json")
+        model = build_model(settings, load_model_state(checkpoint, run_dir))
+    except (ReportError, mf.ManifestError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    threads = args.threads or min(8, os.cpu_count() or 1)
+    torch.set_num_threads(threads)
+    loader = make_loader(data, "val", max(1, cfg.batch_size // 10), train=False, ten_crop=True, crop=cfg.crop,
+                         seed=cfg.seed, device=device.type, device_id=device.index, num_threads=threads)
+    try:
+        top1, top5, n = evaluate(model.to(device), loader, device, amp=cfg.amp, ten_crop=True)
+    finally:
+        loader.close()
+    print(f"{run_dir.name}: 10-crop val top-1 error {top1:.4f}, top-5 error {top5:.4f} ({n} images, checkpoint "
+          f"{checkpoint}, data {data}, {device})")
+    return 0
