@@ -79,6 +79,13 @@ def test_test_only_evaluates_the_runs_checkpoint(demo_shards, tmp_path, capsys):
     assert float(top5) == pytest.approx(1 - (labels < 5).float().mean().item(), abs=1e-4)
 
 
+def test_test_only_on_other_data(demo_shards, tmp_path, capsys):
+    _run_with_checkpoint(demo_shards, tmp_path, torch.zeros(10))
+    assert launch.main(["--output-dir", str(tmp_path), "--name", "done", "--test-only", "-j", "1",
+                        "--data", str(demo_shards)]) == 0  # --data is a str (s3:// URIs): resolved as a path here
+    assert f"data {demo_shards.resolve()}" in capsys.readouterr().out
+
+
 def test_test_only_errors_name_what_is_missing(tmp_path, capsys):
     assert launch.main(["--output-dir", str(tmp_path), "--test-only"]) == 2
     assert "--test-only needs --name" in capsys.readouterr().err
