@@ -219,6 +219,9 @@ def build_local(cfg, out):
     pool = ctx.Pool(cfg.jobs) if cfg.jobs > 1 else None
     try:
         source = _source(cfg, pool)
+        if cfg.strict and source.get("problems"):
+            first = source["problems"][0]
+            raise BuildError(f"{first['path']}: {first['reason']} (--strict: stopping; download the archive again)")
         if old and old["classes"] != source["classes"]:
             raise BuildError(f"--out {out}: the unfinished build has other classes than the source now has. "
                              "Delete it to start over.")

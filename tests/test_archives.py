@@ -138,6 +138,8 @@ def test_bad_members_are_skipped_and_listed(demo_tree, tmp_path):
     out = tmp_path / "shards"
     with pytest.raises(bs.BuildError, match="leaf synsets"):  # n99999999 is not in meta.mat
         bs.build(bs.BuildConfig(src=src, out=out, jobs=1))
+    with pytest.raises(bs.BuildError, match="--strict"):
+        bs.build(bs.BuildConfig(train_tar=src / archives.TRAIN_TAR, out=out, jobs=1, strict=True))
     man = bs.build(bs.BuildConfig(train_tar=src / archives.TRAIN_TAR, out=out, jobs=1))  # no devkit: train only
     skipped = {s["path"]: s["reason"] for s in man["skipped"]}
     assert set(skipped) == {f"{archives.TRAIN_TAR}/README", f"{archives.TRAIN_TAR}/n99999999.tar/x_2.JPEG",
