@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster import launch
+from cluster import launch, report
 from pipeline import build_shards as bs
 from pipeline import manifest as mf
 from pipeline import object_store as store
@@ -138,7 +138,7 @@ def test_refused_credentials_are_explained():
 
 
 @SLOW
-def test_launch_trains_one_epoch_from_s3(s3, tmp_path):
+def test_launch_trains_one_epoch_from_s3_and_reports(s3, tmp_path, capsys):
     upload_demo("s3://shards/train", tmp_path)
     runs = tmp_path / "runs"
     assert launch.main(["--data", "s3://shards/train", "--output-dir", str(runs), "--name", "s3", "--epochs", "1",
@@ -150,6 +150,9 @@ def test_launch_trains_one_epoch_from_s3(s3, tmp_path):
     assert cfg["data"] == "s3://shards/train"
     summary = json.loads((runs / "s3" / "summary.json").read_text())
     assert summary["epochs"] == 1 and summary["workers"] == 2
+    capsys.readouterr()
+    assert report.main([str(runs / "s3")]) == 0  # checkpoint from the store, figure 4's images over s3:// too
+    assert "figure4" in capsys.readouterr().out
     text = "".join(p.read_text(errors="replace") for p in (runs / "s3").rglob("*") if p.is_file()
                    and p.suffix in (".json", ".jsonl", ".txt", ".log"))
     assert "AKIDTESTONLY0001" not in text and "s3cr3t-test-only" not in text  # in no file of the run
