@@ -25,8 +25,8 @@ from pipeline import manifest as mf  # noqa: E402
 
 VARIANTS = [
     Variant("full", "full recipe"),
-    # The paper chose each activation's learning rate for speed (Fig. 1); at the budget's 0.01 tanh diverged here
-    # (loss 2.3 -> 12.7 by epoch 7, measured), at 0.002 it trained (in-memory, 300 steps: 24% batch error).
+    # The paper chose each activation's learning rate for speed (Fig. 1); at the budget's 0.01 tanh diverged here,
+    # at 0.002 it trained (docs/BENCHMARKS.md, "The shapes ablation set").
     Variant("tanh", "tanh instead of ReLU (lr 0.002)", activation="tanh", lr=0.002),
     Variant("no_lrn", "no LRN", lrn=False),
     Variant("no_overlap", "pooling z=2, s=2 (no overlap)", overlapping_pool=False),
@@ -84,8 +84,8 @@ def resolve(args):
             value = quick if args.quick else full
             setattr(args, key, Path(value) if isinstance(value, str) else value)
     if args.lr_decay_epoch is None:
-        # Late: on this set the full recipe is still on the steep part of its curve at 3/4 of 24 epochs (val error
-        # ~45% at step 500, ~27% at step 600, measured), and a decay there would freeze it.
+        # Late: on this set the full recipe is still on the steep part of its curve at 3/4 of 24 epochs, and a decay
+        # there would freeze it (docs/BENCHMARKS.md, "The shapes ablation set").
         args.lr_decay_epoch = max(1, round(0.85 * args.epochs)) if args.epochs > 2 else 0
     for flag in ("epochs", "seeds", "train_per_class", "val_per_class", "batch_size", "threads"):
         if getattr(args, flag) < 1:

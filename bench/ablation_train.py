@@ -95,12 +95,11 @@ def he_init_(model):
     """The model's "kaiming" init with the convolutions drawn for their fan-in instead of their fan-out (He et al.'s
     own default mode): the fully connected layers keep N(0, 0.01), biases 0.
 
-    Why: with fan-out convolutions the signal shrinks ~40x by conv5 (conv1 alone has 32x more outputs than inputs
-    per pixel), the logits start at ~0.005, and on this set the net sat at chance for ~250 steps (loss 2.30 ->
-    2.28 after 10 epochs, measured): most of the budget, and a plateau whose length depends on the switches (no
-    LRN = larger activations = an earlier escape) and would be measured in their place. Fan-in convolutions keep
-    the signal's scale to conv5, and the logits start at 0.1-1.3 for every variant. A shorter plateau remains: the
-    full recipe leaves chance after ~8 epochs of 25 steps (measured), so variants that escape it sooner gain."""
+    Why: with fan-out convolutions the signal shrinks layer by layer to conv5 (conv1 alone has 32x more outputs
+    than inputs per pixel), the logits start near zero, and on this set the net sat at chance for most of the
+    budget: a plateau whose length depends on the switches (no LRN = larger activations = an earlier escape) and
+    would be measured in their place. Fan-in convolutions keep the signal's scale to conv5. A shorter plateau
+    remains, so variants that escape it sooner gain. The figures: docs/BENCHMARKS.md ("The shapes ablation set")."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")

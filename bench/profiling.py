@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from bench.timing import sync
+from bench.timing import fwd_bwd_step, sync
 
 
 @dataclass
@@ -35,18 +35,7 @@ def profile_fwd_bwd(model, batch, crop, device, *, amp=False, channels_last=Fals
                     trace_path=None):
     """Profile `steps` fwd+bwd steps of `model` after `warmup` unprofiled ones (compilation, cuDNN autotuning)."""
     device = torch.device(device)
-    x = torch.randn(batch, 3, crop, crop, device=device)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, model.num_classes, (batch,), device=device)
-    model.train()
-
-    def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        model.zero_grad(set_to_none=True)
-
+    step = fwd_bwd_step(model, batch, crop, device, amp=amp, channels_last=channels_last)
     for _ in range(warmup):
         step()
     sync(device)

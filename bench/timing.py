@@ -11,9 +11,9 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def fwd_bwd_images_per_second(model, batch, crop, input_device, *, amp=False, channels_last=False, iters=10,
-                              warmup=3):
-    """Forward + backward + SGD-free gradient of `model` on random data; img/s over `iters` timed steps."""
+def fwd_bwd_step(model, batch, crop, input_device, *, amp=False, channels_last=False):
+    """A function doing one forward + backward of `model` (train mode) on a fixed random batch, gradients dropped
+    (no optimizer: the benchmarks time the net, not SGD). amp: bfloat16 autocast, on CUDA only."""
     input_device = torch.device(input_device)
     x = torch.randn(batch, 3, crop, crop, device=input_device)
     if channels_last:
@@ -26,7 +26,14 @@ def fwd_bwd_images_per_second(model, batch, crop, input_device, *, amp=False, ch
             loss = torch.nn.functional.cross_entropy(model(x), y)
         loss.backward()
         model.zero_grad(set_to_none=True)
+    return step
 
+
+def fwd_bwd_images_per_second(model, batch, crop, input_device, *, amp=False, channels_last=False, iters=10,
+                              warmup=3):
+    """img/s of fwd_bwd_step over `iters` timed steps, after `warmup` untimed ones."""
+    input_device = torch.device(input_device)
+    step = fwd_bwd_step(model, batch, crop, input_device, amp=amp, channels_last=channels_last)
     for _ in range(warmup):
         step()
     sync(input_device)

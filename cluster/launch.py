@@ -160,8 +160,18 @@ def main(argv=None):
         os.environ.setdefault("RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING", "0")
         import ray
         if cfg.address:
-            ray.init(address=cfg.address, logging_level="WARNING")
-        else:  # a private local cluster, reachable from this machine only
+            try:
+                ray.init(address=cfg.address, logging_level="WARNING")
+            except ConnectionError as e:  # Ray says only "Failed to connect", whether it is the address or the token
+                token = ("check that RAY_AUTH_TOKEN_PATH (or RAY_AUTH_TOKEN) holds this cluster's token"
+                         if os.environ.get("RAY_AUTH_MODE") == "token" else
+                         "run this with RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH=<the cluster's token file>")
+                raise LaunchError(f"--address {cfg.address}: {e}. Is the cluster up at that address? If Ray's lines "
+                                  f"above say InvalidAuthToken, the cluster wants its token: {token}.") from None
+        else:
+            # A local cluster of this run's own. Its dashboard binds 127.0.0.1, but Ray's GCS, raylet and worker ports
+            # listen on every interface whatever the node address says: what keeps others out is the token Ray
+            # (>= 2.59) requires of clients of a cluster ray.init starts, generated at ~/.ray/auth_token.
             ray.init(dashboard_host="127.0.0.1", logging_level="WARNING", _node_ip_address="127.0.0.1")
         try:
             cfg = plan_resources(cfg, ray.cluster_resources())

@@ -12,22 +12,11 @@ from pathlib import Path
 
 from ray.train import UserCallback
 
-METRICS_FILE = "metrics.jsonl"
-EVENTS_FILE = "events.jsonl"
+from cluster.run_files import EVENTS_FILE, METRICS_FILE, read_jsonl, write_jsonl
+
 TB_SCALARS = ("train_loss", "train_top1_error", "val_top1_error", "val_top5_error", "images_per_second", "lr",
               "replicas")
 PER_RANK_KEYS = ("node", "rank")  # in every rank's report, kept per epoch as lists
-
-
-def read_jsonl(path):
-    path = Path(path)
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-
-
-def write_jsonl(path, rows):
-    tmp = Path(path).with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(path)
 
 
 class RunOutputs(UserCallback):

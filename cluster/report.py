@@ -16,9 +16,10 @@ from pathlib import Path
 if __name__ == "__main__":  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cluster.config import CONFIG_FILE  # noqa: E402
 from cluster.figures import plot_conv1, plot_figure4, plot_learning_curves  # noqa: E402
+from cluster.run_files import CHECKPOINT_FILE, METRICS_FILE, read_jsonl  # noqa: E402
 
-CHECKPOINT_FILE = "checkpoint.pt"  # cluster.train's name for it (not imported: cluster.train imports Ray)
 DEFAULT_TRAIN_SUBSET = 20000
 FROM_METRICS = ("val_top1_error", "val_top5_error", "val_top1_error_10crop", "val_top5_error_10crop", "epochs",
                 "images_per_second", "train_loss", "train_top1_error", "lr")
@@ -57,14 +58,9 @@ def _read_json(path, what):
 
 
 def read_settings(run_dir):
-    path = Path(run_dir) / "config.json"
+    path = Path(run_dir) / CONFIG_FILE
     config = _read_json(path, "cluster/launch.py writes it when a run starts. Is this a run directory?")
     return RunSettings.from_config(config, path)
-
-
-def read_metrics(run_dir):
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
 def load_model_state(checkpoint, run_dir):
@@ -115,7 +111,7 @@ def summarise(history, summary_fields):
 def _paths(run_dir):
     return {"summary": run_dir / "summary.json", "curves": run_dir / "learning_curves.png",
             "kernels": run_dir / "conv1_kernels.png", "figure4": run_dir / "figure4.png",
-            "metrics": run_dir / "metrics.jsonl", "tensorboard": run_dir / "tensorboard"}
+            "metrics": run_dir / METRICS_FILE, "tensorboard": run_dir / "tensorboard"}
 
 
 def write_all(run_dir, summary_fields, checkpoint, config=None, *, train_subset=DEFAULT_TRAIN_SUBSET, seed=None,
@@ -133,7 +129,7 @@ def write_all(run_dir, summary_fields, checkpoint, config=None, *, train_subset=
         settings = RunSettings.from_config(config, "write_all(config=...)")
     else:
         settings = read_settings(run_dir)
-    history = read_metrics(run_dir)
+    history = read_jsonl(run_dir / METRICS_FILE)
     if isinstance(checkpoint, dict):
         model_state = checkpoint.get("model", checkpoint)
     else:

@@ -10,7 +10,8 @@ from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from cluster import report
-from cluster.outputs import EVENTS_FILE, METRICS_FILE, RunOutputs, mark_lost_nodes, read_jsonl
+from cluster.outputs import RunOutputs, mark_lost_nodes
+from cluster.run_files import EVENTS_FILE, METRICS_FILE, read_jsonl
 from cluster.train import train_loop_per_worker
 
 

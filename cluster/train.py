@@ -18,10 +18,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from cluster.loop import LrSchedule, evaluate, make_optimizer, train_one_epoch
+from cluster.run_files import CHECKPOINT_FILE
 from model import AlexNet, compile_for_speed
 from pipeline.loader import make_loader
-
-CHECKPOINT_FILE = "checkpoint.pt"
 
 
 def replica_devices(cfg):

@@ -10,8 +10,8 @@ chunk + LRN + cat.
 Why it is faster: torch's version is a chain of mul / pad / avg_pool3d / mul / add / pow / div kernels, each one
 more pass over the activation, and autograd differentiates every link of it. Here, in eager mode:
 - the channel-window sum is one matrix product with a constant banded (C x C) matrix that already holds alpha / n
-  (on CPU 10-15x faster than torch's avg_pool3d over a padded copy); the banded matrix is block-diagonal for
-  groups, so the block edges are zero padding for free;
+  (on CPU much faster than torch's avg_pool3d over a padded copy: docs/BENCHMARKS.md, LRN); the banded matrix is
+  block-diagonal for groups, so the block edges are zero padding for free;
 - a hand-written backward reuses the saved denominator d and d^-beta instead of re-deriving the chain:
       dL/dx_i = g_i d_i^-beta - 2 beta x_i sum_{c: i in window(c)} (alpha/n) g_c x_c d_c^(-beta-1)
   which is one more window sum (the transposed band) and a few pointwise ops.

@@ -9,10 +9,9 @@ run of that size reads. torchvision's DistributedSampler permutes samples; files
 reads sequential.
 
 Batch-mates: two samples that shared a batch in one epoch share one again in the next about 1 + F*N/(4*B^2) times
-as often as chance (F samples per shard file, N in the split, B the loader's shuffle buffer). Simulated
-(bench/batch_mates.py) for ImageNet in 1000-sample files, batch 256: 2.2x at B = 16384 (4 or 8 ranks), 5.5x at
-8192, where the old fixed order through 1024 samples gave 312x (4 ranks). Smaller shard files or a larger buffer
-bring it nearer 1.
+as often as chance (F samples per shard file, N in the split, B the loader's shuffle buffer); bench/batch_mates.py
+simulates it for ImageNet, and docs/BENCHMARKS.md has its figures beside the old fixed order's. Smaller shard files
+or a larger buffer bring it nearer 1.
 
 The order uses SHA-256 rather than a library RNG so that it never changes with a numpy or Python upgrade.
 """
@@ -64,7 +63,7 @@ def part_indexes(parts, idx_paths, counts, out_dir):
         if (p.start, p.end) == (0, counts[p.file]):
             paths.append(str(idx_paths[p.file]))
             continue
-        lines = Path(idx_paths[p.file]).read_text().splitlines()[1:]  # line 0 is the "v1.2 <count>" header
+        lines = Path(idx_paths[p.file]).read_text().splitlines()[1:]  # line 0 is the "<version> <count>" header
         if len(lines) != counts[p.file]:
             raise ValueError(f"{idx_paths[p.file]}: {len(lines)} samples, the manifest says {counts[p.file]}. "
                              "Check the shards with python pipeline/build_shards.py --verify --out DIR.")

@@ -1,19 +1,34 @@
 """Decode any input image completely and turn it into a baseline 8-bit RGB JPEG that libjpeg-turbo and nvJPEG
 both decode. DALI cannot skip a bad sample at train time, so every image is decoded here and anything that does not
 decode is reported (never written)."""
+import contextlib
 import io
 
 import numpy as np
 from PIL import Image, ImageFile
 
-ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a grey half-image
-Image.MAX_IMAGE_PIXELS = None  # we apply our own limit below, after JPEG draft-mode shrinking
-MAX_PIXELS = 120_000_000  # ~ 11000 x 11000 decoded RGB = 360 MB: beyond this we skip rather than risk memory
+# The builder's decompression-bomb limit: ~11000 x 11000 px, 360 MB as RGB. ImageNet's photos are a few hundred
+# pixels a side (mostly around 500 x 375) and camera photos a few thousand: only a bomb or a huge scan is skipped.
+MAX_PIXELS = 120_000_000
 STATS_PIXELS = 512  # pixels sampled per image for the dataset's mean/std/PCA
 
 
 class BadImage(Exception):
     """The input cannot become a sample; the message is the reason recorded in the manifest."""
+
+
+@contextlib.contextmanager
+def _builder_limits():
+    """PIL's guards are process-wide settings, and a launcher that builds the demo set imports this module: set the
+    builder's own only while it decodes, and give the process back what it had. Fixed values, not inherited ones,
+    so that which inputs a build skips does not depend on who imported PIL before it."""
+    saved = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # PIL warns above it and refuses above twice it; we refuse above it
+    ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a grey half-image
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = saved
 
 
 def _to_rgb(img):
@@ -44,7 +59,7 @@ def resize_shorter(img, size):
     """Scale so that the shorter side is `size` (up or down), keeping the aspect ratio.
 
     Downscaling averages areas (BOX, what OpenCV calls INTER_AREA): as alias-free as bilinear for these ratios and
-    a third cheaper (0.91 vs 1.35 ms for 500x375 -> 341x256, measured), and resizing is the builder's largest cost.
+    cheaper, and resizing is the builder's largest cost (docs/BENCHMARKS.md, "Shard builder").
     Upscaling (images smaller than `size`) is bilinear."""
     w, h = img.size
     scale = size / min(w, h)
@@ -69,18 +84,19 @@ def prepare(data, *, size=256, crop=False, quality=90):
     if not data:
         raise BadImage("empty file")
     try:
-        img = Image.open(io.BytesIO(data))
-        fmt = img.format
-        if size and fmt == "JPEG":
-            img.draft("RGB", (size, size))  # decode at 1/2, 1/4 or 1/8 scale when still >= size: fast, low memory
-        if img.width * img.height > MAX_PIXELS:
-            raise BadImage(f"too large to decode safely ({img.width}x{img.height} px, limit {MAX_PIXELS} px)")
-        keep_original = size == 0 and not crop and _is_baseline_rgb_jpeg(img)
-        img.load()  # the full decode: truncated or corrupt data fails here
-        if getattr(img, "n_frames", 1) > 1:
-            img.seek(0)
-        img.info["format"] = fmt
-        rgb = _to_rgb(img)
+        with _builder_limits():
+            img = Image.open(io.BytesIO(data))
+            if img.width * img.height > MAX_PIXELS:
+                raise BadImage(f"too large to decode safely ({img.width}x{img.height} px, limit {MAX_PIXELS} px)")
+            fmt = img.format
+            if size and fmt == "JPEG":
+                img.draft("RGB", (size, size))  # decode at 1/2, 1/4 or 1/8 scale when still >= size: fast, low memory
+            keep_original = size == 0 and not crop and _is_baseline_rgb_jpeg(img)
+            img.load()  # the full decode: truncated or corrupt data fails here
+            if getattr(img, "n_frames", 1) > 1:
+                img.seek(0)
+            img.info["format"] = fmt
+            rgb = _to_rgb(img)
     except BadImage:
         raise
     except Image.DecompressionBombError as e:

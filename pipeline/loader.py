@@ -20,18 +20,17 @@ yields (N // num_shards) // batch_size full batches, so data-parallel ranks step
 sample at most once across ranks, all but fewer than one batch per rank.
 
 Shuffle buffer (`initial_fill`): 16384 samples by default, capped by the rank's share; how often batch-mates meet
-again: epoch_order.py. Host memory: about the buffer x the mean JPEG size per pipeline (measured: 33 KB per buffered
-sample with the demo set's 34 KB JPEGs, ~540 MB at 16384; ImageNet at 256 on the short side is of the same order),
-in the page cache when DALI can memory-map the tars (local files), in process memory when it cannot (network file
-systems). Two pipelines are alive while the next epoch is prepared (below): budget twice that.
+again: epoch_order.py. Host memory: about the buffer x the mean JPEG size per pipeline (docs/BENCHMARKS.md, "Loader:
+a new order every epoch"), in the page cache when DALI can memory-map the tars (local files), in process memory when
+it cannot (network file systems). Two pipelines are alive while the next epoch is prepared (below): budget twice that.
 
 A pipeline per epoch, its reader over that epoch's stretch only (DALI 2.4's `shuffle_after_epoch` permutes files in
 one long-lived pipeline, but its buffer and random state carry over epochs: a resume could not reproduce an epoch).
 The next one is built in a background thread from the current epoch's second batch on, first batch included: there
 the reader parses its index and fills its buffer in DALI's threads (lazy_init), as a parse inside build() would
 hold the GIL and stall training. Per epoch, build() and dropping the old pipeline at the hand-over (at once, for its
-GPU memory) still hold the GIL: ~0.13 s of CPU on a 2-core box for one rank of 8 over ImageNet's index.
-`epoch_timings` records them and the wait per epoch. A jump to another epoch builds synchronously.
+GPU memory) still hold the GIL (their cost per epoch is in docs/BENCHMARKS.md, same section). `epoch_timings`
+records them and the wait per epoch. A jump to another epoch builds synchronously.
 
 Evaluation: each of `num_shards` loaders reads its own fixed contiguous part of the split (DALI's reader split by
 sample count), padded to whole batches with the padding trimmed, so all loaders together see every sample exactly
@@ -80,8 +79,8 @@ def _pipeline(tars, idxs, *, mixed, train, crop, resize, ten_crop, rrc, shard_id
               half, initial_fill, hw_decoder_load, roi_decode, preallocate, crop_flip):
     # Training: the reader gets only this epoch's stretch of this rank (shard 0 of 1), parsed lazily so that the
     # parse runs in DALI's threads, not under the GIL in build(). Evaluation: a fixed part, padded to whole batches.
-    # tensor_init_bytes=0: the default 1 MB reserved per output of each buffered sample made dropping a pipeline
-    # (under the GIL) ~3x slower here, and memory-mapped samples never use it.
+    # tensor_init_bytes=0: the default reserves 1 MB per output of each buffered sample, which memory-mapped samples
+    # never use and which makes dropping a pipeline (under the GIL) slower (docs/BENCHMARKS.md).
     jpegs, labels, indices = fn.readers.webdataset(
         paths=tars, index_paths=idxs, ext=["jpg", "cls64", "idx64"],
         dtypes=[types.UINT8, types.INT64, types.INT64], missing_component_behavior="error",
@@ -185,8 +184,8 @@ class DaliLoader:
             device_id = torch.cuda.current_device()
         self.device_id = device_id
         cpus = os.cpu_count() or 1
-        # Measured on an H100 with 16 cores: 8 threads beat 16 (25,114 vs 19,310 img/s) with mixed decode; the
-        # HW decoder, the reader and Python need cores of their own. On CPU every core decodes.
+        # With mixed decode, 8 threads beat 16 on a 16-core H100 machine (docs/BENCHMARKS.md, "Loader"): the HW
+        # decoder, the reader and Python need cores of their own. On CPU every core decodes.
         self.num_threads = num_threads or (max(1, min(8, cpus // 2)) if device == "cuda" else min(8, cpus))
         self.options = dict(
             mixed=device == "cuda", train=train, crop=crop, ten_crop=ten_crop, rrc=random_resized_crop,

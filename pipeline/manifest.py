@@ -19,6 +19,7 @@ import tarfile
 from pathlib import Path
 
 from pipeline import object_store
+from pipeline.shard_writer import INDEX_VERSION
 
 FORMAT = "alexnet-webdataset"
 VERSION = 1
@@ -123,8 +124,8 @@ def check_shard(tar, idx, entry, *, deep=False):
         problems.append(f"{tar}: {size} bytes, the manifest says {entry['bytes']} (truncated or replaced).")
         return problems
     head = idx.read_text().split("\n", 1)[0].split()
-    if len(head) != 2 or head[0] != "v1.2" or head[1] != str(entry["num_samples"]):
-        problems.append(f"{idx}: header {' '.join(head)!r}, expected 'v1.2 {entry['num_samples']}'.")
+    if len(head) != 2 or head[0] != INDEX_VERSION or head[1] != str(entry["num_samples"]):
+        problems.append(f"{idx}: header {' '.join(head)!r}, expected '{INDEX_VERSION} {entry['num_samples']}'.")
     if deep:
         if _sha256(tar) != entry["sha256"]:
             problems.append(f"{tar}: sha256 differs from the manifest (corrupted).")

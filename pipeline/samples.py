@@ -119,11 +119,11 @@ def eval_view(jpg, crop):
         w, h = im.size
         short = round(crop * 256 / 224)
         scale = short / min(w, h)
-        long = max(short, int(max(w, h) * scale + 0.5))  # half up, as DALI (Python's round goes to even: measured)
+        long = max(short, int(max(w, h) * scale + 0.5))  # half up, as DALI (Python's round goes half to even)
         size = (short, long) if w <= h else (long, short)
         if size != (w, h):
             im = im.resize(size, Image.BILINEAR)
-        left, top = (size[0] - crop + 1) // 2, (size[1] - crop + 1) // 2  # DALI rounds half a pixel up (measured)
+        left, top = (size[0] - crop + 1) // 2, (size[1] - crop + 1) // 2  # DALI rounds half a pixel up
         return np.asarray(im.crop((left, top, left + crop, top + crop)), dtype=np.uint8)
 
 

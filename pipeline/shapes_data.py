@@ -2,7 +2,7 @@
 
 Procedurally drawn and deterministic from a seed, like the colour demo set (demo_data.py), ImageNet-like in form
 (aspect up to 4:3), drawn at 170-212 px on the shorter side: a little above the 128 px the ablation stores
-and trains at, so the resize still averages the edges, and ~4x faster to draw than ImageNet's 300-500 px.
+and trains at, so the resize still averages the edges, and cheaper to draw than ImageNet's 300-500 px.
 Unlike the demo set, nothing global gives the class away:
 - the object's colour, the background's two colours, its gradient and the noise are drawn independently of
   the class from one distribution, so a colour histogram says nothing about it;
@@ -27,13 +27,10 @@ SHAPES_NAMES = ["disc", "triangle", "square", "star", "cross", "ring", "crescent
 PREFIX = "shapes:"
 RAW = 256  # resolution of the reference masks that set each shape's unit area
 CROP_FRACTION = 112 / 128  # the paper's 224 of 256: the share of the shorter side a training crop keeps
-# How hard the set is. Measured in memory (no PCA lighting) with AlexNet at crop 112, 80 training pictures per
-# class, 700 steps of 32 on 2 cores (~4.5 min): the full recipe reaches ~27% val error, and without dropout and
-# crops/flips training error falls to ~4% while val error stays ~25% (overfitting). Object areas of 0.05-0.13, a
-# full two-colour gradient, 3-8 clutter strokes and free rotation left the net at chance (~85% val error) for the
-# whole budget; a plain background with one large object let every variant reach ~7% (no technique could matter).
-# Through bench/ablate.py (DALI loader, lighting, 600 steps) the full recipe ends at 37-52% val error: see
-# docs/ABLATIONS.md.
+# How hard the set is: hard enough that the recipe's techniques matter within bench/ablate.py's budget, easy enough
+# to be learnt in it. Smaller objects, fuller gradients, more clutter and free rotation left the net at chance; a
+# plain background with one large object let every variant do equally well. What each setting measured:
+# docs/BENCHMARKS.md ("The shapes ablation set"); the ablation's results: docs/ABLATIONS.md.
 MAX_TILT = 20  # degrees either way
 AREA = (0.08, 0.25)  # object area, a share of the shorter side squared
 CLUTTER = (0, 3)  # strokes and specks per picture, [low, high)

@@ -21,8 +21,9 @@ RECORD = 20 * BLOCK  # tar pads the archive to whole records, as Python's tarfil
 def ustar_header(name, size):
     """The 512-byte USTAR header Python's tarfile writes for a regular file (mode 644, uid/gid 0, mtime 0).
 
-    Written by hand because tarfile's generic path costs ~80 us per member, a third of the builder's parent-process
-    time; tests check the result against tarfile, GNU tar (via wds2idx), webdataset and DALI."""
+    Written by hand because tarfile's generic path was a third of the builder's parent-process time
+    (docs/BENCHMARKS.md, "Shard builder"); tests check the result against tarfile, GNU tar (via wds2idx), webdataset
+    and DALI."""
     encoded = name.encode("ascii")
     if len(encoded) > 100:
         raise ValueError(f"member name too long for a USTAR header: {name!r}")

@@ -277,6 +277,36 @@ def test_prepare_refuses_huge_images(monkeypatch):
         images.prepare(buf.getvalue())
 
 
+def test_pipeline_leaves_pils_guards_as_they_were():
+    """The builder's decoding limits are its own: importing any pipeline module, or decoding (even an image it
+    refuses), leaves PIL's process-wide settings as the process had them. In a fresh interpreter, so that nothing
+    imported earlier can have changed them first."""
+    code = """if True:
+        import importlib, io, pkgutil
+        from PIL import Image, ImageFile
+        Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = 4321, True
+        import pipeline
+        for m in pkgutil.iter_modules(pipeline.__path__):
+            importlib.import_module(f"pipeline.{m.name}")
+        import cluster.launch
+        assert (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES) == (4321, True), "after import"
+        from pipeline import images
+        buf = io.BytesIO()
+        Image.new("RGB", (100, 100)).save(buf, "PNG")
+        images.prepare(buf.getvalue())
+        images.MAX_PIXELS = 1000
+        try:
+            images.prepare(buf.getvalue())
+            raise SystemExit("prepare accepted an image over its limit")
+        except images.BadImage:
+            pass
+        assert (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES) == (4321, True), "after prepare"
+        print("ok")
+    """
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr
+
+
 def test_bad_shard_size_flag(tmp_path, capsys):
     assert build(tmp_path / "s", "--shard-size", "lots") == 2
     assert "--shard-size" in capsys.readouterr().err

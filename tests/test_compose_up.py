@@ -1,5 +1,6 @@
 """`docker compose up`, run for real: compose.yaml builds the CPU image, starts a Ray head, a worker and the trainer,
-which builds the demo shards and trains 2 epochs on two replicas; summary.json must then be in the runs volume.
+which builds the demo shards and trains 2 epochs on two replicas; summary.json must then be in the runs volume. And
+the compose cluster's token: a client without it is refused.
 
 Needs a Docker engine and the Compose v2 plugin (skipped where none answers, as in CI) and takes minutes of every
 core (an image build the first time, then ~4 minutes on 2 cores):
@@ -85,8 +86,29 @@ def test_compose_up_trains_and_leaves_a_summary(compose_project):
     cat = compose_project("run", "--rm", "--no-deps", "-T", "trainer", "cat", f"/runs/{RUN_NAME}/summary.json")
     assert cat.returncode == 0, cat.stdout + cat.stderr
     summary = json.loads(cat.stdout)
+    token = compose_project("run", "--rm", "--no-deps", "-T", "trainer", "cat", "/auth/token").stdout
+    config = compose_project("run", "--rm", "--no-deps", "-T", "trainer", "cat", f"/runs/{RUN_NAME}/config.json")
+    assert len(token) == 64 and config.returncode == 0, config.stderr  # the cluster's token, made by ray-head
+    assert token not in out and token not in config.stdout, "the cluster's token reached the logs or config.json"
     print(f"summary.json: {json.dumps(summary)}")  # shown with -rP: the run's numbers, for the record
     assert summary["epochs"] == 2 and summary["workers"] == 2 and summary["devices"] == "CPU", summary
     for key in ("val_top1_error", "val_top5_error", "val_top1_error_10crop"):
         assert 0 <= summary[key] <= 1, (key, summary)
     assert summary["images_per_second"] > 0, summary
+
+
+PROBE = 'import ray; ray.init(address="ray-head:6379", logging_level="ERROR"); print("CONNECTED", ray.get(ray.remote(lambda: 6 * 7).remote()))'  # noqa: E501
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_compose_cluster_refuses_a_client_without_the_token(compose_project):
+    up = compose_project("up", "--build", "--detach", "--wait", "ray-head", timeout=UP_TIMEOUT_S)
+    assert up.returncode == 0, f"docker compose up ray-head exited {up.returncode}:\n{(up.stdout + up.stderr)[-6000:]}"
+    # inside the compose network, where every Ray port of the head is reachable: only the token keeps a client out
+    without = compose_project("exec", "-T", "-e", "HOME=/tmp", "ray-head", "env", "-u", "RAY_AUTH_MODE", "-u",
+                              "RAY_AUTH_TOKEN_PATH", "python", "-c", PROBE)
+    out = without.stdout + without.stderr
+    assert without.returncode != 0 and "CONNECTED" not in out and "InvalidAuthToken" in out, out[-6000:]
+    with_token = compose_project("exec", "-T", "ray-head", "python", "-c", PROBE)  # the same client with the token
+    assert with_token.stdout.split() == ["CONNECTED", "42"], (with_token.stdout + with_token.stderr)[-6000:]

@@ -43,7 +43,8 @@ def test_services_commands_and_health():
     services = load("compose.yaml")["services"]
     assert set(services) == {"ray-head", "ray-worker", "trainer"}
     head = services["ray-head"]
-    assert "ray start --head --block" in head["command"] and head["healthcheck"]["test"][1:3] == ["ray", "health-check"]
+    assert "exec ray start --head --block" in " ".join(head["command"])
+    assert head["healthcheck"]["test"][1:3] == ["ray", "health-check"]
     for name in ("ray-worker", "trainer"):
         assert services[name]["depends_on"]["ray-head"]["condition"] == "service_healthy"
     worker, trainer = (" ".join(services[name]["command"]) for name in ("ray-worker", "trainer"))
@@ -112,6 +113,35 @@ def test_trainer_output_has_no_per_report_ray_info_lines():
     # Ray Train V2 logs "Reporting training result ..." at INFO on every report of every rank, past LoggingConfig
     for name, svc in load("compose.yaml")["services"].items():
         assert svc["environment"]["RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING"] == "0", name
+
+
+def test_compose_cluster_needs_a_token_made_at_run_time(tmp_path):
+    """Ray 2.60 leaves a `ray start` cluster open: every node and client runs in token mode, reading the token from a
+    volume that the head fills before Ray starts, never from the image, the compose file or the environment."""
+    doc = load("compose.yaml")
+    for name, svc in doc["services"].items():
+        env = svc["environment"]
+        assert env["RAY_AUTH_MODE"] == "token" and env["RAY_AUTH_TOKEN_PATH"] == "/auth/token", name
+        assert "RAY_AUTH_TOKEN" not in env, name  # a token in the environment shows in `docker inspect`
+        assert "ray-auth:/auth" in svc["volumes"], name
+    assert "ray-auth" in doc["volumes"]
+    head = " ".join(doc["services"]["ray-head"]["command"])
+    make_token = re.search(r'python -c "([^"]+)"', head)
+    assert head.index(make_token.group(0)) < head.index("exec ray start --head")  # the token exists before Ray does
+    # the head's generator, run here twice: a 256-bit token its owner alone reads, kept when the volume has one
+    token = tmp_path / "token"
+    made = []
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-c", make_token.group(1)], env={"RAY_AUTH_TOKEN_PATH": str(token)},
+                              capture_output=True, text=True)
+        assert proc.returncode == 0 and proc.stdout == "", proc.stdout + proc.stderr  # and never printed
+        made.append(token.read_text())
+    assert re.fullmatch(r"[0-9a-f]{64}", made[0]) and made[1] == made[0]
+    assert token.stat().st_mode & 0o777 == 0o600
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    assert "RAY_AUTH_TOKEN" not in dockerfile and "auth_token" not in dockerfile  # nothing baked into the image
+    for build in (doc["services"]["ray-head"]["build"], load("compose.gpu.yaml")["services"]["ray-head"]["build"]):
+        assert not any("TOKEN" in arg for arg in build.get("args", {})), build
 
 
 def test_kuberay_dashboard_reachable_in_cluster_only():

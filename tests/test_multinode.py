@@ -1,13 +1,18 @@
 """Past one machine: a real multi-node Ray cluster on this machine (a head and worker nodes as separate raylets, each
-with its own CPUs), replicas spread over the nodes, a node killed with SIGKILL mid-run, and elastic replicas.
+with its own CPUs), replicas spread over the nodes, a node killed with SIGKILL mid-run, and elastic replicas; and the
+multi-node recipe's `ray start` cluster with token authentication, which refuses a client without the token.
 
 The launcher runs as its own process, as a user would start it (`launch.py --address HEAD`), while the test kills a
 node under it. Each test takes a few minutes on 2 cores."""
 import json
 import os
+import secrets
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -144,3 +149,94 @@ def test_elastic_run_grows_back_when_a_node_returns(cluster, demo_shards, tmp_pa
     finish(proc)
     replicas = [r["replicas"] for r in rows(tmp_path / "mn")]
     assert len(replicas) == 6 and replicas[0] == 2 and replicas[-1] == 3 and replicas == sorted(replicas)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+CLIENT = """if True:
+    import sys, ray
+    try:
+        ray.init(address=sys.argv[1], logging_level="ERROR")
+    except ConnectionError as e:
+        print("REFUSED", e)
+        raise SystemExit(3)
+    print("CONNECTED", len([n for n in ray.nodes() if n["Alive"]]), ray.get(ray.remote(lambda: 6 * 7).remote()))
+"""
+
+
+@pytest.fixture
+def ray_start_cluster(tmp_path):
+    """The multi-node recipe as a user runs it: a token generated for this cluster into a file only its owner reads,
+    RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH on every node, `ray start --head`, then a node that joins with
+    `ray start --address`. HOME is a fresh folder, so no ~/.ray/auth_token of this machine's own takes part.
+    Yields (address, the environment of a process that holds the token, the environment of one that does not)."""
+    token = tmp_path / "ray_token"
+    token.touch(mode=0o600)
+    token.write_text(secrets.token_hex(32))  # what Ray's own generator makes: 256 random bits
+    bare = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    (tmp_path / "home").mkdir()
+    bare.update(HOME=str(tmp_path / "home"), RAY_USAGE_STATS_ENABLED="0")
+    env = {**bare, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    port = free_port()
+    ray = str(Path(sys.executable).with_name("ray"))
+    procs = []
+
+    def start(*args):  # --block: the node's processes stay under this one, so the teardown finds them all
+        procs.append(subprocess.Popen([ray, "start", "--block", "--num-cpus=1", *args], env=env, cwd=tmp_path,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+
+    try:
+        start("--head", f"--port={port}", "--include-dashboard=false", f"--ray-client-server-port={free_port()}",
+              f"--temp-dir={temp_dir}")
+        address = f"127.0.0.1:{port}"
+        deadline = time.time() + 120
+        while subprocess.run([ray, "health-check", "--address", address], env=env, capture_output=True).returncode:
+            assert procs[0].poll() is None and time.time() < deadline, "ray start --head did not come up"
+            time.sleep(2)
+        start(f"--address={address}")
+        yield address, env, bare
+    finally:
+        doomed = [pid for p in procs for pid in descendants(p.pid)]
+        for p in procs:
+            p.terminate()  # ray start --block stops its node's processes on SIGTERM
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for pid in doomed:  # whatever outlived its node's shutdown
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_ray_start_cluster_with_a_token_refuses_a_client_without_it(ray_start_cluster, demo_shards, tmp_path):
+    address, with_token, without_token = ray_start_cluster
+
+    def client(env):
+        return subprocess.run([sys.executable, "-c", CLIENT, address], env=env, capture_output=True, text=True,
+                              timeout=180)
+
+    ok = client(with_token)  # the node that joined with the token counts too: 2 nodes
+    deadline = time.time() + 60
+    while ok.returncode == 0 and not ok.stdout.startswith("CONNECTED 2") and time.time() < deadline:
+        time.sleep(2)
+        ok = client(with_token)
+    assert ok.returncode == 0 and ok.stdout.split() == ["CONNECTED", "2", "42"], ok.stdout + ok.stderr[-3000:]
+    refused = client(without_token)
+    assert refused.returncode == 3, refused.stdout + refused.stderr[-3000:]
+    assert "InvalidAuthToken" in refused.stderr, refused.stderr[-3000:]
+    wrong = client({**with_token, "RAY_AUTH_TOKEN": secrets.token_hex(32)})  # the variable outranks the file
+    assert wrong.returncode == 3 and "InvalidAuthToken" in wrong.stderr, wrong.stdout + wrong.stderr[-3000:]
+    launch = subprocess.run([sys.executable, "cluster/launch.py", "--address", address, "--data", str(demo_shards),
+                             "--output-dir", str(tmp_path / "runs"), "--workers", "1", "-b", "8"], cwd=ROOT,
+                            env=without_token, capture_output=True, text=True, timeout=180)
+    assert launch.returncode == 2 and "run this with RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH" in launch.stderr, \
+        launch.stdout + launch.stderr[-3000:]
