@@ -138,7 +138,10 @@ def test_refused_credentials_are_explained():
 
 
 @SLOW
-def test_launch_trains_one_epoch_from_s3_and_reports(s3, tmp_path, capsys):
+def test_launch_trains_one_epoch_from_s3_and_reports(s3, tmp_path, capsys, monkeypatch):
+    # ray.init() without an address attaches to the newest Ray cluster running on the machine, if any (Ray 2.60's
+    # get_ray_address_from_environment): "local" keeps this test's run on a cluster of its own.
+    monkeypatch.setenv("RAY_ADDRESS", "local")
     upload_demo("s3://shards/train", tmp_path)
     runs = tmp_path / "runs"
     assert launch.main(["--data", "s3://shards/train", "--output-dir", str(runs), "--name", "s3", "--epochs", "1",
