@@ -111,10 +111,13 @@ def ensure_data(args):
             "demo_val_per_class": args.val_per_class}
     if not mf.manifest_path(args.data).is_file():
         print(f"building the shapes set in {args.data}")
-        argv = ["--demo-set", "shapes", "--size", str(SIZE), "--out", str(args.data), "-j", str(args.threads),
-                "--demo-train-per-class", str(args.train_per_class), "--demo-val-per-class", str(args.val_per_class)]
-        if build_shards.main(argv) != 0:
-            raise AblateError(f"building the shapes set in {args.data} failed (see above)")
+        cfg = build_shards.BuildConfig(demo_set="shapes", size=SIZE, out=args.data, jobs=args.threads,
+                                       demo_train_per_class=args.train_per_class,
+                                       demo_val_per_class=args.val_per_class)
+        try:
+            build_shards.build(cfg)
+        except build_shards.BuildError as e:
+            raise AblateError(f"building the shapes set in {args.data} failed: {e}") from None
     man = mf.load(args.data)
     have = {k: man["build"].get(k) for k in want}
     if have != want:

@@ -94,11 +94,9 @@ def step_shards(ctx):
     args, size = ctx.args, ctx.size
     out = args.data or args.out / "shards"
     if args.data is None:
-        code = build_shards.main(["--out", str(out), "-j", str(args.workers), "--shard-size", "500",
-                                  "--demo-train-per-class", str(size.train_per_class),
-                                  "--demo-val-per-class", str(size.val_per_class)])
-        if code != 0:
-            raise RuntimeError(f"build_shards exited {code}")
+        build_shards.build(build_shards.BuildConfig(out=out, jobs=args.workers, shard_size=500,
+                                                    demo_train_per_class=size.train_per_class,
+                                                    demo_val_per_class=size.val_per_class))
     from pipeline import manifest
     m = manifest.load(out)
     ctx.data = str(out)

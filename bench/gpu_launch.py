@@ -56,9 +56,8 @@ def step_launch(ctx):
     cases = GPU_CASES if ctx.gpu else CPU_CASES
     small = out / "small_shards"
     if any(name in SMALL_SET_CASES for name in cases) and not (small / "manifest.json").is_file():
-        if build_shards.main(["--out", str(small), "-j", str(ctx.args.workers), "--demo-train-per-class", "50",
-                              "--demo-val-per-class", "10"]) != 0:
-            raise RuntimeError("building the small demo set for the cuda+cpu case failed")
+        build_shards.build(build_shards.BuildConfig(out=small, jobs=ctx.args.workers, demo_train_per_class=50,
+                                                    demo_val_per_class=10))
     flat, codes = {}, []
     for name, flags in cases.items():
         shards = small if name in SMALL_SET_CASES else ctx.data

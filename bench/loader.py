@@ -201,8 +201,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     data = args.data or Path("/tmp/bench_loader")
     if not mf.manifest_path(data).is_file():
-        build_shards.main(["--out", str(data), "--demo-train-per-class", "150", "--demo-val-per-class", "5",
-                           "--shard-size", "500"])
+        build_shards.build(build_shards.BuildConfig(out=data, demo_train_per_class=150, demo_val_per_class=5,
+                                                    shard_size=500))
     base = data
     if args.link_copies > 1:
         data = linked_copies(data, args.link_copies)

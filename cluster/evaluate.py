@@ -18,6 +18,7 @@ from cluster.config import TrainConfig
 from cluster.loop import evaluate
 from cluster.report import ReportError, RunSettings, build_model, load_model_state
 from pipeline import manifest as mf
+from pipeline import object_store
 from pipeline.loader import make_loader
 
 
@@ -48,7 +49,8 @@ def test_only(args):
         print(f"error: --test-only: no run at {run_dir} (config.json missing). Check --output-dir and --name.",
               file=sys.stderr)
         return 2
-    data = str(args.data.resolve()) if args.data is not None else cfg.data
+    data = cfg.data if args.data is None else args.data if object_store.is_uri(args.data) else \
+        str(Path(args.data).resolve())
     try:
         mf.load(data)
         checkpoint = find_checkpoint(run_dir, cfg)

@@ -34,9 +34,9 @@ def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # Groups only change --help's layout; each `a = ...` line starts the next group.
     a = p.add_argument_group("data").add_argument
-    a("--data", "--data-path", dest="data", type=Path, default=None,
-      help=f"shard folder from pipeline/build_shards.py (default: {DEFAULT_DATA}; the demo set is built there "
-           "if missing)")
+    a("--data", "--data-path", dest="data", type=str, default=None,  # str: Path("s3://b/p") would fold the "//"
+      help=f"shard folder from pipeline/build_shards.py, or s3://bucket/prefix (default: {DEFAULT_DATA}; the demo "
+           "set is built there if missing)")
     a("--preset", choices=sorted(PRESETS), default=None,
       help="defaults for the flags you leave out: paper = batch 128, 90 epochs, crop 224, paper init, lr patience "
            "2; demo = batch 32, 10 epochs, crop 112, Kaiming init, lr patience 10 (default: demo on the embedded "
@@ -196,7 +196,9 @@ def main(argv=None):
             # A local cluster of this run's own. Its dashboard binds 127.0.0.1, but Ray's GCS, raylet and worker ports
             # listen on every interface whatever the node address says: what keeps others out is the token Ray
             # (>= 2.59) requires of clients of a cluster ray.init starts, generated at ~/.ray/auth_token.
-            ray.init(dashboard_host="127.0.0.1", logging_level="WARNING", _node_ip_address="127.0.0.1")
+            # address="local": a new cluster even when one is already running on this machine (a bare ray.init()
+            # joins that one, with its owner's resources and settings).
+            ray.init(address="local", dashboard_host="127.0.0.1", logging_level="WARNING", _node_ip_address="127.0.0.1")
         try:
             cfg = plan_resources(cfg, ray.cluster_resources())
             print(describe(cfg), flush=True)

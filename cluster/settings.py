@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from cluster.config import GRAD_COMPRESSIONS, PRESETS, TrainConfig, default_warmup_epochs, scaled_lr
-from pipeline import build_shards
+from pipeline import build_shards, object_store
 from pipeline import manifest as mf
 
 # Flags that may differ from the saved config on --resume: where and how the run goes on, not what it computes.
@@ -29,7 +29,11 @@ def flag_name(dest):
 
 
 def ensure_data(data, default_data):
-    """The shard folder to train on, building the demo set when no --data was given and none is there."""
+    """The shard folder (or s3:// URI) to train on, building the demo set when no --data was given and none is
+    there. A URI's manifest and indexes are fetched now: a bad bucket, prefix or credentials fail before Ray starts."""
+    if object_store.is_uri(data):
+        mf.load(data)
+        return data
     path = Path(data) if data is not None else default_data
     if mf.manifest_path(path).is_file():
         return path.resolve()
@@ -37,12 +41,16 @@ def ensure_data(data, default_data):
         raise LaunchError(f"--data {path}: no manifest.json there. Build shards first: "
                           f"python pipeline/build_shards.py --src IMAGENET --out {path}")
     print(f"no shards in {path}: building the embedded demo set there first (python pipeline/build_shards.py)")
-    if build_shards.main(["--out", str(path)]) != 0:
-        raise LaunchError(f"building the demo set in {path} failed (see above)")
+    try:
+        build_shards.build(build_shards.BuildConfig(out=path))
+    except build_shards.BuildError as e:
+        raise LaunchError(f"building the demo set in {path} failed: {e}") from None
     return path.resolve()
 
 
-def is_uri(path):
+def is_storage_uri(path):
+    """Any scheme Ray's storage (pyarrow) reads: s3://, gs://, hdfs://... (the data itself is local or s3://:
+    pipeline/object_store.py)."""
     return "://" in str(path)
 
 
@@ -51,14 +59,14 @@ def storage_location(storage, output_dir):
     relative path as a URI and fails with "URI has empty scheme" once training has started)."""
     if storage is None:
         return str(output_dir)
-    return storage if is_uri(storage) else str(Path(storage).expanduser().resolve())
+    return storage if is_storage_uri(storage) else str(Path(storage).expanduser().resolve())
 
 
 def check_paths(cfg):
     """--output-dir and a local --storage: absolute folders (or folders to be) this user can write, checked before
     Ray starts rather than found out when the first checkpoint is written."""
     for flag, path in (("--output-dir", cfg.output_dir), ("--storage", cfg.storage)):
-        if flag == "--storage" and is_uri(path):
+        if flag == "--storage" and is_storage_uri(path):
             continue
         path = Path(path)
         if not path.is_absolute():
@@ -123,7 +131,7 @@ def resumed_config(args, explicit):
     changes = {}
     for dest in sorted(set(explicit) - set(RUN_IDENTITY)):
         field, value = FLAG_TO_FIELD.get(dest, dest), getattr(args, dest)
-        if dest == "data":
+        if dest == "data" and not object_store.is_uri(value):
             value = str(Path(value).resolve())
         old = getattr(saved, field)
         if value == old:

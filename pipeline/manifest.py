@@ -18,6 +18,7 @@ import os
 import tarfile
 from pathlib import Path
 
+from pipeline import object_store
 from pipeline.shard_writer import INDEX_VERSION
 
 FORMAT = "alexnet-webdataset"
@@ -46,8 +47,19 @@ def write(data_dir, manifest):
     os.replace(tmp, path)
 
 
+def local_dir(data_dir):
+    """The folder holding data_dir's manifest.json and .idx files: data_dir itself, or for an s3:// URI a local
+    cache of them (the tars stay in the store)."""
+    if not object_store.is_uri(data_dir):
+        return data_dir
+    try:
+        return object_store.local_copy(data_dir)
+    except object_store.ObjectStoreError as e:
+        raise ManifestError(str(e)) from None
+
+
 def load(data_dir, *, require_complete=True):
-    path = manifest_path(data_dir)
+    path = manifest_path(local_dir(data_dir))
     if not path.is_file():
         raise ManifestError(f"{path}: not found. Build shards first: python pipeline/build_shards.py --out {data_dir}")
     try:
@@ -73,8 +85,20 @@ def split_files(data_dir, manifest, split):
     if split not in splits or not splits[split]["shards"]:
         have = [s for s in splits if splits[s]["shards"]]
         raise ManifestError(f"{manifest_path(data_dir)}: no shards for split {split!r} (have: {', '.join(have)}).")
-    d = Path(data_dir) / split
+    d = Path(local_dir(data_dir)) / split
+    if object_store.is_uri(data_dir):  # tars are read from the store, as strings: a Path would fold "s3://"
+        return [(f"{data_dir.rstrip('/')}/{split}/{s['tar']}", d / s["idx"], s) for s in splits[split]["shards"]]
     return [(d / s["tar"], d / s["idx"], s) for s in splits[split]["shards"]]
+
+
+def open_shard(tar):
+    """A shard from split_files as a binary file: from disk, or from the store for an s3:// one."""
+    if object_store.is_uri(tar):
+        try:
+            return object_store.open_read(tar)
+        except object_store.ObjectStoreError as e:
+            raise ManifestError(str(e)) from None
+    return open(tar, "rb")
 
 
 def _sha256(path):
@@ -88,10 +112,12 @@ def _sha256(path):
 def check_shard(tar, idx, entry, *, deep=False):
     """Problems with one shard as a list of messages (empty: fine). deep=True also hashes and walks the tar."""
     problems = []
-    for path in (tar, idx):
+    if object_store.is_uri(tar):  # checked against the manifest at upload, and by build_shards.py --verify --out URI
+        tar = None
+    for path in (tar, idx) if tar is not None else (idx,):
         if not path.is_file():
             problems.append(f"{path}: missing. Rebuild, or restore it from where the shards came from.")
-    if problems:
+    if problems or tar is None:
         return problems
     size = tar.stat().st_size
     if size != entry["bytes"]:

@@ -81,7 +81,7 @@ def iter_samples(data_dir, manifest, split, positions):
             if shard != current:
                 if f is not None:
                     f.close()
-                current, f = shard, open(shards.files[shard][0], "rb")
+                current, f = shard, mf.open_shard(shards.files[shard][0])
             tar, table = shards.files[shard][0], shards.members(shard)[number]
             label = int(_read_member(f, tar, table, "cls"))
             idx = int(_read_member(f, tar, table, "idx"))

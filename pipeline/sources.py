@@ -12,6 +12,9 @@ class SourceError(Exception):
     """The source tree cannot be used as given; the message says what is wrong and what to do."""
 
 
+KAGGLE_TREE = Path("ILSVRC/Data/CLS-LOC")  # under the root of Kaggle's ImageNet download
+
+
 def _files(folder):
     # Every non-hidden regular file is an input: a non-image in a class folder is reported as skipped, not ignored.
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
@@ -20,7 +23,9 @@ def _files(folder):
 def train_classes(src):
     train = src / "train"
     if not train.is_dir():
-        raise SourceError(f"--src {src}: no train/ folder. Expected SRC/train/<wnid>/*.JPEG (ImageNet layout).")
+        raise SourceError(f"--src {src}: no train/ folder. Expected SRC/train/<wnid>/*.JPEG (ImageNet layout), "
+                          "Kaggle's download (SRC/ILSVRC/Data/CLS-LOC/train) or the official archives "
+                          "(SRC/ILSVRC2012_img_train.tar, ..._img_val.tar, ..._devkit_t12.tar.gz).")
     classes = sorted(p.name for p in train.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise SourceError(f"--src {src}: train/ holds no class folders. Expected SRC/train/<wnid>/*.JPEG.")
@@ -54,7 +59,8 @@ def read_val_labels(path):
     return labels
 
 
-def val_inputs(src, classes, val_labels=None):
+def val_inputs(src, classes, val_labels=None, labels_dir=None):
+    """labels_dir: where LOC_val_solution.csv is looked for (default: src)."""
     val = src / "val"
     if not val.is_dir():
         return []
@@ -70,7 +76,7 @@ def val_inputs(src, classes, val_labels=None):
     if not files:
         return []
     if val_labels is None:
-        default = src / "LOC_val_solution.csv"
+        default = (labels_dir or src) / "LOC_val_solution.csv"
         if not default.is_file():
             raise SourceError(f"--src {src}: val/ holds {len(files)} files but no labels. Pass --val-labels FILE "
                               "(Kaggle LOC_val_solution.csv or 'filename wnid' lines) or put LOC_val_solution.csv "
@@ -97,14 +103,16 @@ def class_names(src, classes):
 
 
 def imagenet(src, val_labels=None):
-    """{"classes", "names", "splits": {"train": [...], "val": [...]}} for an ImageNet-style tree."""
+    """{"classes", "names", "splits": {"train": [...], "val": [...]}} for an ImageNet-style tree, or for Kaggle's
+    download from its root (SRC/ILSVRC/Data/CLS-LOC/{train,val}, with the csv and synset mapping in SRC)."""
     src = Path(src)
     if not src.is_dir():
         raise SourceError(f"--src {src}: not a readable folder.")
+    tree = src / KAGGLE_TREE if not (src / "train").is_dir() and (src / KAGGLE_TREE / "train").is_dir() else src
     try:
-        classes = train_classes(src)
-        train = [(str(f), i) for i, c in enumerate(classes) for f in _files(src / "train" / c)]
-        val = val_inputs(src, classes, val_labels)
+        classes = train_classes(tree)
+        train = [(str(f), i) for i, c in enumerate(classes) for f in _files(tree / "train" / c)]
+        val = val_inputs(tree, classes, val_labels, labels_dir=src)
     except PermissionError as e:
         raise SourceError(f"--src {src}: cannot read {e.filename}: permission denied.") from None
     return {"classes": classes, "names": class_names(src, classes), "splits": {"train": train, "val": val}}

@@ -22,7 +22,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 def build(out, *extra):
-    """Run the shard builder in-process; returns its exit code."""
+    """The shard builder's command line, run in-process (for tests of its flags and messages); its exit code."""
     return build_shards.main(["--out", str(out), "-j", "1", *map(str, extra)])
 
 
@@ -30,7 +30,8 @@ def build(out, *extra):
 def demo_shards(tmp_path_factory):
     """A small demo build: 10 classes x 12 train, x 5 val, 40 samples per shard (several shards)."""
     out = tmp_path_factory.mktemp("demo") / "shards"
-    assert build(out, "--demo-train-per-class", 12, "--demo-val-per-class", 5, "--shard-size", 40) == 0
+    build_shards.build(build_shards.BuildConfig(out=out, jobs=1, demo_train_per_class=12, demo_val_per_class=5,
+                                                shard_size=40))
     return out
 
 

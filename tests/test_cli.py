@@ -25,7 +25,8 @@ def test_aliases_set_the_same_setting(canonical, alias, dest, value):
 
 
 def test_data_path_is_data(tmp_path):
-    assert launch.get_args_parser().parse_args(["--data-path", str(tmp_path)]).data == tmp_path
+    # a str, not a Path: s3:// URIs must keep their "//"
+    assert launch.get_args_parser().parse_args(["--data-path", str(tmp_path)]).data == str(tmp_path)
 
 
 def test_every_flag_sits_in_a_named_group_of_help():
@@ -76,6 +77,13 @@ def test_test_only_evaluates_the_runs_checkpoint(demo_shards, tmp_path, capsys):
     assert int(n) == len(labels)
     assert float(top1) == pytest.approx(1 - (labels == 0).float().mean().item(), abs=1e-4)
     assert float(top5) == pytest.approx(1 - (labels < 5).float().mean().item(), abs=1e-4)
+
+
+def test_test_only_on_other_data(demo_shards, tmp_path, capsys):
+    _run_with_checkpoint(demo_shards, tmp_path, torch.zeros(10))
+    assert launch.main(["--output-dir", str(tmp_path), "--name", "done", "--test-only", "-j", "1",
+                        "--data", str(demo_shards)]) == 0  # --data is a str (s3:// URIs): resolved as a path here
+    assert f"data {demo_shards.resolve()}" in capsys.readouterr().out
 
 
 def test_test_only_errors_name_what_is_missing(tmp_path, capsys):
