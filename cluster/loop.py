@@ -23,22 +23,29 @@ class LrSchedule:
     plateau: a decay when validation error has not improved for more than `patience` epochs (torch's
     ReduceLROnPlateau rule, relative threshold 1e-4), at most MAX_LR_DECAYS times, never counted during warmup.
     step: a decay every `step_size` epochs.
+
+    warmup_steps: the run's first steps (counted from epoch 0 with steps_per_epoch, which the caller sets) are scaled
+    by (step + 1) / warmup_steps, on top of the above: the paper preset's start (bench/init_check.py).
     """
     base_lr: float
     warmup_epochs: int
     schedule: str = "plateau"
     patience: int = 2
     step_size: int = 30
+    warmup_steps: int = 0
+    steps_per_epoch: int = 0
     decays: int = 0
     best: float = math.inf
     bad_epochs: int = 0
 
     def lr(self, peak, epoch, progress=0.0):
         """The rate for `epoch` (0-based) at `progress` (0..1) through it."""
+        step = round((epoch + progress) * self.steps_per_epoch)
+        start = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
         if epoch < self.warmup_epochs:
-            return self.base_lr + (peak - self.base_lr) * (epoch + progress) / self.warmup_epochs
+            return start * (self.base_lr + (peak - self.base_lr) * (epoch + progress) / self.warmup_epochs)
         decays = self.decays if self.schedule == "plateau" else epoch // self.step_size
-        return peak * 0.1 ** decays
+        return start * peak * 0.1 ** decays
 
     def end_epoch(self, epoch, val_error):
         """Record epoch `epoch`'s validation error; returns True when the rate was just divided by 10."""
@@ -60,8 +67,13 @@ class LrSchedule:
         self.decays, self.best, self.bad_epochs = state["decays"], state["best"], state["bad_epochs"]
 
 
-def make_optimizer(model, lr, momentum, wd):
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=wd)
+def make_optimizer(model, lr, momentum, wd, *, decay_biases):
+    """SGD with momentum. decay_biases=False decays the weights only, as cuda-convnet (the paper's code) did: its
+    layers had a weight decay for weights and none for biases."""
+    decayed = [p for p in model.parameters() if decay_biases or p.dim() > 1]
+    kept = [p for p in model.parameters() if not (decay_biases or p.dim() > 1)]
+    groups = [{"params": decayed, "weight_decay": wd}] + ([{"params": kept, "weight_decay": 0.0}] if kept else [])
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum)
 
 
 def set_lr(opt, lr):

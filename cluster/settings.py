@@ -53,7 +53,7 @@ def new_config(args, default_data):
     print(f"preset {preset_name} ({how}; --preset {'paper' if preset_name == 'demo' else 'demo'} for the other)")
     preset = PRESETS[preset_name]
     pick = {k: getattr(args, k) if getattr(args, k) is not None else getattr(preset, k)
-            for k in ("batch_size", "epochs", "crop", "init", "lr_patience")}
+            for k in ("batch_size", "epochs", "crop", "init", "lr_patience", "normalize", "warmup_steps")}
     min_workers = args.min_workers if args.min_workers is not None else args.workers
     peak = scaled_lr(args.lr, args.workers * pick["batch_size"], args.lr_scaling)
     warmup = args.warmup_epochs if args.warmup_epochs is not None else default_warmup_epochs(args.lr, peak)
@@ -70,7 +70,8 @@ def new_config(args, default_data):
         compile=args.compile, name=args.name, output_dir=str(output_dir),
         storage=args.storage or str(output_dir), max_failures=args.max_failures,
         wait_for_resources=args.wait_for_resources, print_freq=args.print_freq, address=args.address,
-        inject_failure=args.inject_failure, **pick)
+        inject_failure=args.inject_failure, central_square=preset.central_square and not args.random_resized_crop,
+        decay_biases=preset.decay_biases, **pick)
     check(cfg, manifest)
     return cfg
 
@@ -121,8 +122,9 @@ def check(cfg, manifest):
                           f"GPUs), got {gpus:g}")
     if cfg.resize_check_s < 0:
         raise LaunchError(f"--resize-check-s must be >= 0, got {cfg.resize_check_s:g}")
-    if cfg.warmup_epochs < 0:
-        raise LaunchError(f"--warmup-epochs must be >= 0, got {cfg.warmup_epochs}")
+    if cfg.warmup_epochs < 0 or cfg.warmup_steps < 0:
+        raise LaunchError(f"--warmup-epochs and --warmup-steps must be >= 0, got {cfg.warmup_epochs} and "
+                          f"{cfg.warmup_steps}")
     per_shard = manifest["splits"]["train"]["num_samples"] // cfg.workers
     if cfg.batch_size > per_shard:
         raise LaunchError(f"-b/--batch-size {cfg.batch_size} is larger than a worker's share of the training set "
