@@ -54,7 +54,7 @@ def ensure(data, flags):
             raise SystemExit(f"error: building {data} failed (see above)")
 
 
-def train(data, seed, epochs, batch, crop, threads, log=print):
+def train(data, seed, epochs, batch, crop, threads, lr, log=print):
     """The demo preset's recipe in one process; per-step losses and per-epoch val top-1 error."""
     preset = PRESETS["demo"]
     torch.manual_seed(seed)
@@ -64,8 +64,7 @@ def train(data, seed, epochs, batch, crop, threads, log=print):
     val_loader = make_loader(data, "val", batch, train=False, **common)
     classes = len(train_loader.manifest["classes"])
     model = AlexNet(classes, init=preset.init).place("cpu", "cpu")
-    # lr 0.01: the demo job's (0.01 x 4 x 32 / 128) and the ablation budget's (at batch 32)
-    opt = make_optimizer(model, 0.01, 0.9, 5e-4, decay_biases=preset.decay_biases)
+    opt = make_optimizer(model, lr, 0.9, 5e-4, decay_biases=preset.decay_biases)
     losses, val_errors, start = [], [], time.time()
     for epoch in range(epochs):
         train_loader.set_epoch(epoch)
@@ -123,6 +122,9 @@ def get_args_parser():
     a("target", choices=sorted(SETS), help="demo: the embedded set at the demo job's recipe; shapes: the ablation set")
     a("--seeds", type=int, default=3, help="seeds 0..N-1 (default: 3)")
     a("--epochs", type=int, default=None, help="epochs per run (default: demo 5, shapes 2; --launch: the preset's)")
+    a("--lr", type=float, default=None,
+      help="learning rate (default: demo: the demo preset's, at its global batch 4 x 32 = 128; shapes: 0.0025, the "
+           "paper's 0.01 per 128 images at batch 32)")
     a("--launch", action="store_true", help="demo only: run cluster/launch.py --workers 4 itself (default: off)")
     a("-j", "--threads", type=int, default=2, help="CPU threads (default: 2)")
     a("--json", type=Path, default=None, help="also write every run's numbers here (default: none)")
@@ -138,10 +140,11 @@ def main(argv=None):
     data = ROOT / data
     ensure(data, flags)
     epochs = args.epochs or (None if args.launch else {"demo": 5, "shapes": 2}[args.target])
+    lr = args.lr or (PRESETS["demo"].lr if args.target == "demo" else 0.01 * batch / 128)
     load = os.getloadavg()
-    print(f"{args.target}: {args.seeds} seed(s), load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on "
-          f"{os.cpu_count()} CPUs at start")
-    runs = [launch(seed, epochs) if args.launch else train(data, seed, epochs, batch, crop, args.threads)
+    print(f"{args.target}: {args.seeds} seed(s), lr {lr:g}, batch {batch}, load average {load[0]:.1f} {load[1]:.1f} "
+          f"{load[2]:.1f} on {os.cpu_count()} CPUs at start")
+    runs = [launch(seed, epochs) if args.launch else train(data, seed, epochs, batch, crop, args.threads, lr)
             for seed in range(args.seeds)]
     for line in verdict(args.target, runs):
         print(line)

@@ -7,7 +7,7 @@ step at which the training loss leaves chance.
 
 One process, no Ray: the GroupedAlexNet form (the same init and numbers as the split form), the DALI CPU loader with
 the preset's crop and input normalisation, SGD with momentum and weight decay as cluster/loop.py makes it, at batch
-128 and lr 0.01 (the demo main job's global batch, 4 x 32, and the paper's batch).
+128 (the demo main job's global batch, 4 x 32, and the paper's batch) and the preset's lr.
 
 Printed per layer (conv1 ... fc8), at init and every --every steps, the outputs from the step's batch in eval mode
 (no dropout), the gradients from the training step:
@@ -76,6 +76,7 @@ def run(args, log=print):
     preset = PRESETS[args.preset]
     crop, init = args.crop or preset.crop, args.init or preset.init
     normalize = args.normalize or preset.normalize
+    args.lr = args.lr if args.lr is not None else preset.lr
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     loader = make_loader(args.data, "train", args.batch_size, train=True, crop=crop, seed=args.seed,
@@ -136,7 +137,7 @@ def get_args_parser():
     a("--steps", type=int, default=30, help="optimizer steps to run (default: 30)")
     a("--every", type=int, default=10, help="per-layer table every N steps (default: 10)")
     a("-b", "--batch-size", type=int, default=128, help="images per step (default: 128)")
-    a("--lr", type=float, default=0.01, help="peak learning rate (default: 0.01)")
+    a("--lr", type=float, default=None, help="peak learning rate (default: the preset's: 0.01 paper, 0.005 demo)")
     a("--warmup-steps", type=int, default=None, help="linear warmup from lr / N (default: the preset's)")
     a("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
     a("--wd", type=float, default=5e-4, help="weight decay (default: 5e-4)")

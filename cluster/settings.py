@@ -55,13 +55,14 @@ def new_config(args, default_data):
     pick = {k: getattr(args, k) if getattr(args, k) is not None else getattr(preset, k)
             for k in ("batch_size", "epochs", "crop", "init", "lr_patience", "normalize", "warmup_steps")}
     min_workers = args.min_workers if args.min_workers is not None else args.workers
-    peak = scaled_lr(args.lr, args.workers * pick["batch_size"], args.lr_scaling)
-    warmup = args.warmup_epochs if args.warmup_epochs is not None else default_warmup_epochs(args.lr, peak)
+    base_lr = args.lr if args.lr is not None else preset.lr
+    peak = scaled_lr(base_lr, args.workers * pick["batch_size"], args.lr_scaling)
+    warmup = args.warmup_epochs if args.warmup_epochs is not None else default_warmup_epochs(base_lr, peak)
     output_dir = args.output_dir.resolve()
     cfg = TrainConfig(
         data=str(data), num_classes=len(manifest["classes"]), preset=preset_name, activation=args.activation,
         lrn=args.lrn, overlapping_pool=args.overlapping_pool, dropout=args.dropout,
-        random_resized_crop=args.random_resized_crop, base_lr=args.lr, lr_scaling=args.lr_scaling,
+        random_resized_crop=args.random_resized_crop, base_lr=base_lr, lr_scaling=args.lr_scaling,
         warmup_epochs=warmup, momentum=args.momentum, wd=args.wd, lr_schedule=args.lr_schedule,
         lr_step_size=args.lr_step_size, seed=args.seed, workers=args.workers, min_workers=min_workers,
         resize_check_s=args.resize_check_s,
