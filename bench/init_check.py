@@ -137,7 +137,7 @@ def get_args_parser():
     a("--steps", type=int, default=30, help="optimizer steps to run (default: 30)")
     a("--every", type=int, default=10, help="per-layer table every N steps (default: 10)")
     a("-b", "--batch-size", type=int, default=128, help="images per step (default: 128)")
-    a("--lr", type=float, default=None, help="peak learning rate (default: the preset's: 0.01 paper, 0.005 demo)")
+    a("--lr", type=float, default=None, help="peak learning rate (default: the preset's: 0.01 paper, 0.0025 demo)")
     a("--warmup-steps", type=int, default=None, help="linear warmup from lr / N (default: the preset's)")
     a("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
     a("--wd", type=float, default=5e-4, help="weight decay (default: 5e-4)")

@@ -37,7 +37,7 @@ def get_args_parser():
     a("--preset", choices=sorted(PRESETS), default=None,
       help="defaults for the flags you leave out: paper = batch 128, 90 epochs, crop 224 of the central 256x256, "
            "paper init, lr 0.01, 50 warmup steps, lr patience 2; demo = batch 32, 10 epochs, crop 112 of the whole "
-           "image, Kaiming init, lr 0.005, lr patience 10; both: the paper's inputs, weight decay on weights only "
+           "image, Kaiming init, lr 0.0025, lr patience 10; both: the paper's inputs, weight decay on weights only "
            "(default: demo on the embedded demo set, paper otherwise)")
     a("--workers", type=int, default=4, help="data-parallel replicas, one Ray worker each (default: 4)")
     a("--min-workers", type=int, default=None,
@@ -63,7 +63,7 @@ def get_args_parser():
     a("--epochs", type=int, default=None, help="epochs to train (default: from --preset: 90 paper, 10 demo)")
     a("--lr", type=float, default=None,
       help="learning rate for a global batch of 128, scaled with the global batch (default: from --preset: 0.01 "
-           "paper, 0.005 demo)")
+           "paper, 0.0025 demo)")
     a("--lr-scaling", choices=["linear", "none"], default="linear",
       help="linear: lr x global batch / 128; none: --lr as it is (default: linear)")
     a("--warmup-epochs", type=int, default=None,

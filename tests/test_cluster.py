@@ -52,11 +52,11 @@ def test_end_to_end_outputs_are_the_drivers_and_checkpoints_go_to_storage(finish
     assert state["epoch"] == 1 and state["model"]["conv1.weight"].shape == (96, 3, 11, 11)
     assert {"optimizer", "schedule", "metrics"} <= set(state)
     cfg = json.loads((run_dir / "config.json").read_text())
-    # 2 replicas x 8 images: a global batch of 16, so the demo preset's 0.005 per 128 images becomes 0.000625
-    assert cfg["global_batch_size"] == 16 and cfg["lr"] == pytest.approx(0.000625) and cfg["base_lr"] == 0.005
+    # 2 replicas x 8 images: a global batch of 16, so the demo preset's 0.0025 per 128 images becomes 0.0003125
+    assert cfg["global_batch_size"] == 16 and cfg["lr"] == pytest.approx(0.0003125) and cfg["base_lr"] == 0.0025
     assert cfg["warmup_epochs"] == 0 and cfg["preset"] == "demo" and cfg["storage"] == str(tmp / "ckpt")
     assert cfg["normalize"] == "paper" and not cfg["central_square"] and not cfg["decay_biases"]
-    assert rows[0]["lr"] == pytest.approx(0.000625)
+    assert rows[0]["lr"] == pytest.approx(0.0003125)
 
 
 @SLOW
@@ -66,7 +66,7 @@ def test_resume_continues_at_the_next_epoch_and_applies_only_changeable_flags(fi
     common = ["--output-dir", str(tmp / "runs"), "--name", "e2e", "--resume"]
     assert launch.main([*common, "--epochs", "3", "--lr", "0.1"]) == 2  # would change what the run computes
     err = capsys.readouterr().err
-    assert "--lr 0.1 differs from the run's saved value 0.005" in err
+    assert "--lr 0.1 differs from the run's saved value 0.0025" in err
     assert launch.main([*common, "--epochs", "3", "--print-freq", "5"]) == 0  # same value as saved: fine
     assert "--epochs 3 applied (was 2)" in capsys.readouterr().out
     after = metrics(run_dir)

@@ -27,7 +27,7 @@ def test_the_setting_reaches_config_json_the_start_line_and_the_loaders(demo_sha
     cfg = config(demo_shards, tmp_path, *flags)
     assert (cfg.normalize, cfg.central_square, cfg.warmup_steps, cfg.decay_biases) == (normalize, square, warmup,
                                                                                         False)
-    assert cfg.base_lr == (0.01 if "paper" in flags else 0.005)  # the preset's, for a global batch of 128
+    assert cfg.base_lr == (0.01 if "paper" in flags else 0.0025)  # the preset's, for a global batch of 128
     cfg.save(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["normalize"] == normalize and saved["central_square"] == square
