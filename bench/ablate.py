@@ -195,7 +195,8 @@ def main(argv=None):
               f"{len(variants)} variants x {args.seeds} seed(s), {args.epochs} epochs each ({steps} steps of "
               f"{args.batch_size}), lr {args.lr:g}"
               + (f" / 10 from epoch {args.lr_decay_epoch + 1}" if args.lr_decay_epoch else "")
-              + ", momentum 0.9, Kaiming init, crop 112 of 128; errors are top-1, in %, mean ± sample std over "
+              + ", momentum 0.9, Kaiming (fan-out) init, the paper's inputs (0-255 minus the mean), weight decay on "
+              "weights only, crop 112 of 128; errors are top-1, in %, mean ± sample std over "
               "seeds, after the last epoch.")
     total = sum(r.seconds for runs in results.values() for r in runs) / 60
     footer = (f"Training time of all {sum(map(len, results.values()))} runs: {total:.0f} min (trained in this "
@@ -203,9 +204,9 @@ def main(argv=None):
               "image once); the curves' training error is measured on the batches as trained (augmented, with "
               "dropout), as in the paper's Figure 1.\n\nWhat differs from the paper besides the scale: crop 112 with "
               "an adaptive 6x6 pool before fc6, so the no-overlap row also changes pool5 from 2x2 to 3x3 (both are "
-              "6x6 at 224) and gives fc6 more spatial detail; Kaiming (fan-in) convolutions instead of N(0, 0.01), "
-              "which stays at chance for most of this budget; tanh at its own lr (above); 10 classes of shapes, not "
-              "1000 of photographs.")
+              "6x6 at 224) and gives fc6 more spatial detail; Kaiming (fan-out) convolutions instead of N(0, 0.01), "
+              "whose logits hardly depend on the image at the start (bench/init_check.py); tanh at its own lr "
+              "(above); 10 classes of shapes, not 1000 of photographs.")
     context = ReportContext(header=header, rule=RULE, footer=footer, epochs=args.epochs, val_images=n_val,
                             train_images=n_train, steps_per_epoch=steps)
     summaries = write_report(args.out, args.figures, variants, results, context=context)

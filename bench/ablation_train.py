@@ -9,7 +9,6 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 
 from cluster.loop import evaluate, make_optimizer, train_one_epoch
 from model import AlexNet
@@ -40,7 +39,9 @@ class Budget:
     momentum: float = 0.9
     lr_decay_epoch: int = 0  # lr / 10 from this epoch on (0: never)
     crop: int = 112
-    init: str = "he"  # "he" (he_init_ below) or one of model.INITS
+    init: str = "kaiming"  # one of model.INITS: the demo preset's
+    normalize: str = "paper"  # input normalisation (pipeline/stats.py): the paper's, as both presets
+    decay_biases: bool = False  # weight decay on the weights only, as both presets
     threads: int = 2
 
 
@@ -91,28 +92,10 @@ class OneDecay:
         return peak * (0.1 if self.at and epoch >= self.at else 1.0)
 
 
-def he_init_(model):
-    """The model's "kaiming" init with the convolutions drawn for their fan-in instead of their fan-out (He et al.'s
-    own default mode): the fully connected layers keep N(0, 0.01), biases 0.
-
-    Why: with fan-out convolutions the signal shrinks layer by layer to conv5 (conv1 alone has 32x more outputs
-    than inputs per pixel), the logits start near zero, and on this set the net sat at chance for most of the
-    budget: a plateau whose length depends on the switches (no LRN = larger activations = an earlier escape) and
-    would be measured in their place. Fan-in convolutions keep the signal's scale to conv5. A shorter plateau
-    remains, so variants that escape it sooner gain. The figures: docs/BENCHMARKS.md ("The shapes ablation set")."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-            nn.init.zeros_(m.bias)
-
-
 def build_model(variant, budget, num_classes):
     # The split form on one device, as a CPU worker of the cluster runs it.
     model = AlexNet(num_classes, activation=variant.activation, lrn=variant.lrn,
-                    overlapping_pool=variant.overlapping_pool, dropout=variant.dropout,
-                    init="kaiming" if budget.init == "he" else budget.init)
-    if budget.init == "he":
-        he_init_(model)
+                    overlapping_pool=variant.overlapping_pool, dropout=variant.dropout, init=budget.init)
     return model.place("cpu", "cpu")
 
 
@@ -121,13 +104,13 @@ def train_variant(variant, budget, data_dir, seed, *, log=print):
     torch.manual_seed(seed)
     torch.set_num_threads(budget.threads)
     device = torch.device("cpu")
-    common = dict(crop=budget.crop, seed=seed, num_threads=budget.threads, device="cpu")
+    common = dict(crop=budget.crop, seed=seed, num_threads=budget.threads, device="cpu", normalize=budget.normalize)
     train_loader = make_loader(data_dir, "train", budget.batch_size, train=True, crop_flip=variant.crop_flip,
                                lighting=variant.lighting, **common)
     val_loader = make_loader(data_dir, "val", budget.batch_size, train=False, **common)
     model = build_model(variant, budget, len(train_loader.manifest["classes"]))
     lr = variant.lr or budget.lr
-    opt = make_optimizer(model, lr, budget.momentum, variant.wd)
+    opt = make_optimizer(model, lr, budget.momentum, variant.wd, decay_biases=budget.decay_biases)
     schedule = OneDecay(budget.lr_decay_epoch)
     result = RunResult(variant.name, seed, dataclasses.asdict(budget), len(train_loader))
     start = time.time()

@@ -147,7 +147,9 @@ def step_correctness(ctx):
     from pipeline.loader import make_loader
     data, gpu = ctx.data, ctx.gpu
     result = {}
-    kw = dict(train=False, crop=ctx.size.crop, num_threads=ctx.args.workers)
+    # normalize="std": the decode differences in std units, as docs/gpu_runs recorded them before "paper" (grey
+    # levels, ~60x larger numbers) became the loader's default
+    kw = dict(train=False, crop=ctx.size.crop, num_threads=ctx.args.workers, normalize="std")
     cpu, _, idx_cpu = next(iter(make_loader(data, "val", 32, device="cpu", **kw)))
     if gpu:
         mixed, _, idx_gpu = next(iter(make_loader(data, "val", 32, device="cuda", device_id=0, **kw)))

@@ -35,14 +35,16 @@ from bench.timing import time_loader  # noqa: E402
 from pipeline import build_shards  # noqa: E402
 from pipeline import manifest as mf  # noqa: E402
 from pipeline.loader import SHUFFLE_BUFFER, make_loader  # noqa: E402
+from pipeline.stats import input_normalization  # noqa: E402
 
 
 class PILTrainTransform:
-    """The paper's training transform written the plain way: random 224 crop, flip, normalise."""
+    """The paper's training transform written the plain way: random 224 crop, flip, the paper's inputs (the
+    loader's default normalisation: minus the per-channel mean, pipeline/stats.py)."""
 
     def __init__(self, stats, crop, seed):
-        self.mean = np.array(stats["mean"], np.float32)
-        self.std = np.array(stats["std"], np.float32)
+        mean, std = input_normalization(stats, "paper")
+        self.mean, self.std = np.array(mean, np.float32), np.array(std, np.float32)
         self.crop, self.rng = crop, np.random.default_rng(seed)
 
     def __call__(self, img):

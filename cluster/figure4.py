@@ -106,10 +106,11 @@ def _batches(iterable, size):
         yield batch
 
 
-def compute_figure4(model, data_dir, crop, *, train_subset=20000, seed=0, batch_size=64, device=None, threads=4,
-                    log=None):
+def compute_figure4(model, data_dir, crop, *, normalize, train_subset=20000, seed=0, batch_size=64, device=None,
+                    threads=4, log=None):
     """Figure4Data for `model` (a GroupedAlexNet holding the run's weights; it is moved to `device`, default
-    cuda:0 if there is one) on the shards at data_dir, the images seen as the evaluation loader shows them."""
+    cuda:0 if there is one) on the shards at data_dir, the images seen as the evaluation loader shows them, with the
+    run's input normalisation (config.json's "normalize")."""
     device = device or default_device()
     model = model.to(device).eval()
     manifest = mf.load(data_dir)
@@ -118,7 +119,7 @@ def compute_figure4(model, data_dir, crop, *, train_subset=20000, seed=0, batch_
 
         def features(batch):
             views = list(pool.map(lambda s: eval_view(s.jpg, crop), batch))
-            return views, *fc7_and_probs(model, normalise(views, stats), device)
+            return views, *fc7_and_probs(model, normalise(views, stats, normalize), device)
 
         val_total = manifest["splits"]["val"]["num_samples"]
         chosen = np.random.default_rng([seed, 1]).choice(val_total, NUM_PREDICTIONS + NUM_QUERIES, replace=False) \

@@ -38,9 +38,10 @@ def get_args_parser():
       help=f"shard folder from pipeline/build_shards.py, or s3://bucket/prefix (default: {DEFAULT_DATA}; the demo "
            "set is built there if missing)")
     a("--preset", choices=sorted(PRESETS), default=None,
-      help="defaults for the flags you leave out: paper = batch 128, 90 epochs, crop 224, paper init, lr patience "
-           "2; demo = batch 32, 10 epochs, crop 112, Kaiming init, lr patience 10 (default: demo on the embedded "
-           "demo set, paper otherwise)")
+      help="defaults for the flags you leave out: paper = batch 128, 90 epochs, crop 224 of the central 256x256, "
+           "paper init, lr 0.01, 50 warmup steps, lr patience 2; demo = batch 32, 10 epochs, crop 112 of the whole "
+           "image, Kaiming init, lr 0.0025, lr patience 10; both: the paper's inputs, weight decay on weights only "
+           "(default: demo on the embedded demo set, paper otherwise)")
     a = p.add_argument_group("replicas and the Ray cluster").add_argument
     a("--replicas", "--workers", dest="workers", type=int, default=4, metavar="N",
       help="data-parallel AlexNet replicas, one Ray worker each (--workers: the same flag) (default: 4)")
@@ -66,13 +67,16 @@ def get_args_parser():
     a = p.add_argument_group("recipe").add_argument
     a("-b", "--batch-size", type=int, default=None, help="images per replica per step (default: from --preset)")
     a("--epochs", type=int, default=None, help="epochs to train (default: from --preset: 90 paper, 10 demo)")
-    a("--lr", type=float, default=0.01,
-      help="learning rate for a global batch of 128, scaled with the global batch (default: 0.01)")
+    a("--lr", type=float, default=None,
+      help="learning rate for a global batch of 128, scaled with the global batch (default: from --preset: 0.01 "
+           "paper, 0.0025 demo)")
     a("--lr-scaling", choices=["linear", "none"], default="linear",
       help="linear: lr x global batch / 128; none: --lr as it is (default: linear)")
     a("--warmup-epochs", "--lr-warmup-epochs", dest="warmup_epochs", type=int, default=None,
       help="epochs of linear warmup from --lr to the scaled rate (default: 5 when the scaled rate is larger, "
            "else 0)")
+    a("--warmup-steps", type=int, default=None,
+      help="the first N steps' lr ramps linearly from 1/N of it (default: from --preset: 50 paper, 0 demo)")
     a("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
     a("--wd", "--weight-decay", dest="wd", type=float, default=5e-4, help="weight decay (default: 5e-4)")
     a("--lr-schedule", choices=["plateau", "step"], default="plateau",
@@ -85,6 +89,9 @@ def get_args_parser():
     a("--crop", type=int, default=None, help="training/eval crop size (default: from --preset: 224 paper, 112 demo)")
     a = p.add_argument_group("model and augmentation").add_argument
     a("--init", choices=["paper", "kaiming"], default=None, help="weight init (default: from --preset)")
+    a("--normalize", choices=["paper", "std"], default=None,
+      help="input normalisation: paper = 0-255 pixels minus the training set's per-channel mean, as the paper "
+           "trained; std = also divided by the per-channel std (default: from --preset: paper for both)")
     a("--activation", choices=["relu", "tanh"], default="relu", help="nonlinearity (default: relu)")
     a("--no-lrn", dest="lrn", action="store_false", help="drop local response normalisation (default: LRN on)")
     a("--no-overlap", dest="overlapping_pool", action="store_false",

@@ -26,12 +26,17 @@ class LrSchedule:
     plateau: torch's ReduceLROnPlateau rule (mode min, relative threshold 1e-4): `patience` epochs in a row without
     improvement are allowed and the next one divides the rate by 10 (patience 2: the third), at most MAX_LR_DECAYS
     times, never counted during a ramp. step: a decay every `step_size` epochs.
+
+    warmup_steps: the run's first steps (counted from epoch 0 with steps_per_epoch, which the caller sets) are scaled
+    by (step + 1) / warmup_steps, on top of the above: the paper preset's start (bench/init_check.py).
     """
     base_lr: float
     warmup_epochs: int
     schedule: str = "plateau"
     patience: int = 2
     step_size: int = 30
+    warmup_steps: int = 0
+    steps_per_epoch: int = 0
     decays: int = 0
     best: float = math.inf
     bad_epochs: int = 0
@@ -48,8 +53,15 @@ class LrSchedule:
         """The rate for `epoch` (0-based) at `progress` (0..1) through it."""
         target = self._after_ramp(peak, epoch)
         if epoch < self._ramp_end():
-            return self.ramp_from + (target - self.ramp_from) * (epoch - self.ramp_start + progress) / self.ramp_epochs
-        return target
+            target = self.ramp_from + (target - self.ramp_from) * (epoch - self.ramp_start + progress) / self.ramp_epochs
+        return self._first_steps(epoch, progress) * target
+
+    def _first_steps(self, epoch, progress):
+        """The paper preset's start: the first warmup_steps steps' rate ramps from 1/warmup_steps of it."""
+        if not self.warmup_steps:
+            return 1.0
+        step = round((epoch + progress) * self.steps_per_epoch)
+        return min(1.0, (step + 1) / self.warmup_steps)
 
     def _after_ramp(self, peak, epoch):
         decays = self.decays if self.schedule == "plateau" else epoch // self.step_size
@@ -100,8 +112,13 @@ class LrSchedule:
                 setattr(self, k, state[k])
 
 
-def make_optimizer(model, lr, momentum, wd):
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=wd)
+def make_optimizer(model, lr, momentum, wd, *, decay_biases):
+    """SGD with momentum. decay_biases=False decays the weights only, as cuda-convnet (the paper's code) did: its
+    layers had a weight decay for weights and none for biases."""
+    decayed = [p for p in model.parameters() if decay_biases or p.dim() > 1]
+    kept = [p for p in model.parameters() if not (decay_biases or p.dim() > 1)]
+    groups = [{"params": decayed, "weight_decay": wd}] + ([{"params": kept, "weight_decay": 0.0}] if kept else [])
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum)
 
 
 def set_lr(opt, lr):

@@ -34,6 +34,7 @@ class RunSettings:
     """The settings of a run that its figures need (config.json may hold more)."""
     data: str  # the shard folder
     crop: int
+    normalize: str  # the input normalisation the run trained with (pipeline/stats.py)
     num_classes: int
     activation: str
     lrn: bool
@@ -44,7 +45,10 @@ class RunSettings:
     def from_config(cls, config, source):
         missing = [f.name for f in fields(cls) if f.name not in config]
         if missing:
-            raise ReportError(f"{source}: missing {', '.join(missing)}; it must hold the run's resolved settings.")
+            hint = (' (a run from before the setting existed divided its inputs by the std: add "normalize": "std")'
+                    if "normalize" in missing else "")
+            raise ReportError(f"{source}: missing {', '.join(missing)}; it must hold the run's resolved settings"
+                              f"{hint}.")
         return cls(**{f.name: config[f.name] for f in fields(cls)})
 
 
@@ -148,7 +152,8 @@ def write_all(run_dir, summary_fields, checkpoint, config=None, *, train_subset=
 
     try:
         data = compute_figure4(build_model(settings, model_state), settings.data, settings.crop,
-                               train_subset=train_subset, seed=settings.seed if seed is None else seed, log=log)
+                               normalize=settings.normalize, train_subset=train_subset,
+                               seed=settings.seed if seed is None else seed, log=log)
     except ManifestError as e:
         raise ReportError(f"figure 4 needs the run's shards ({settings.data}, config.json's \"data\"): {e}") from None
     plot_figure4(data, paths["figure4"])

@@ -93,15 +93,16 @@ def new_config(args, default_data):
     print(f"preset {preset_name} ({how}; --preset {'paper' if preset_name == 'demo' else 'demo'} for the other)")
     preset = PRESETS[preset_name]
     pick = {k: getattr(args, k) if getattr(args, k) is not None else getattr(preset, k)
-            for k in ("batch_size", "epochs", "crop", "init", "lr_patience")}
+            for k in ("batch_size", "epochs", "crop", "init", "lr_patience", "normalize", "warmup_steps")}
     min_workers = args.min_workers if args.min_workers is not None else args.workers
-    peak = scaled_lr(args.lr, args.workers * pick["batch_size"], args.lr_scaling)
-    warmup = args.warmup_epochs if args.warmup_epochs is not None else default_warmup_epochs(args.lr, peak)
+    base_lr = args.lr if args.lr is not None else preset.lr
+    peak = scaled_lr(base_lr, args.workers * pick["batch_size"], args.lr_scaling)
+    warmup = args.warmup_epochs if args.warmup_epochs is not None else default_warmup_epochs(base_lr, peak)
     output_dir = args.output_dir.resolve()
     cfg = TrainConfig(
         data=str(data), num_classes=len(manifest["classes"]), preset=preset_name, activation=args.activation,
         lrn=args.lrn, overlapping_pool=args.overlapping_pool, dropout=args.dropout,
-        random_resized_crop=args.random_resized_crop, base_lr=args.lr, lr_scaling=args.lr_scaling,
+        random_resized_crop=args.random_resized_crop, base_lr=base_lr, lr_scaling=args.lr_scaling,
         warmup_epochs=warmup, momentum=args.momentum, wd=args.wd, lr_schedule=args.lr_schedule,
         lr_step_size=args.lr_step_size, seed=args.seed, workers=args.workers, min_workers=min_workers,
         resize_check_s=args.resize_check_s,
@@ -110,6 +111,7 @@ def new_config(args, default_data):
         compile=args.compile, name=args.name, output_dir=str(output_dir),
         storage=storage_location(args.storage, output_dir), max_failures=args.max_failures,
         wait_for_resources=args.wait_for_resources, print_freq=args.print_freq, address=args.address,
+        central_square=preset.central_square and not args.random_resized_crop, decay_biases=preset.decay_biases,
         **pick)
     cfg = dataclasses.replace(cfg, grad_compression=args.grad_compression)
     check(cfg, manifest)
@@ -174,8 +176,9 @@ def check(cfg, manifest):
     if cfg.grad_compression not in GRAD_COMPRESSIONS:
         raise LaunchError(f"--grad-compression must be one of {', '.join(GRAD_COMPRESSIONS)}, "
                           f"got {cfg.grad_compression!r}")
-    if cfg.warmup_epochs < 0:
-        raise LaunchError(f"--warmup-epochs must be >= 0, got {cfg.warmup_epochs}")
+    if cfg.warmup_epochs < 0 or cfg.warmup_steps < 0:
+        raise LaunchError(f"--warmup-epochs and --warmup-steps must be >= 0, got {cfg.warmup_epochs} and "
+                          f"{cfg.warmup_steps}")
     per_shard = manifest["splits"]["train"]["num_samples"] // cfg.workers
     if cfg.batch_size > per_shard:
         raise LaunchError(f"-b/--batch-size {cfg.batch_size} is larger than a worker's share of the training set "

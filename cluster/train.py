@@ -37,6 +37,13 @@ def replica_devices(cfg):
     return devices[0], torch.device("cpu") if cfg.column1_device == "cpu" else second
 
 
+def loader_settings(cfg, rank, world, device):
+    """What every loader of this rank shares: its shard, the crop, and the run's declared inputs and preprocessing."""
+    return dict(shard_id=rank, num_shards=world, crop=cfg.crop, seed=cfg.seed, normalize=cfg.normalize,
+                central_square=cfg.central_square, device="cuda" if device.type == "cuda" else "cpu",
+                device_id=device.index if device.type == "cuda" else None, num_threads=cfg.threads)
+
+
 def build_replica(cfg, devices):
     """(model, trainable): the split model placed on `devices`, wrapped in DDP when there are several replicas.
 
@@ -98,15 +105,14 @@ def train_loop_per_worker(loop_config):
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels once
     log = _stdout_log if rank == 0 else None
     global_batch, peak_lr = cfg.recipe(world)  # this world's size, which an elastic restart may have changed
-    loader_kw = dict(shard_id=rank, num_shards=world, crop=cfg.crop, seed=cfg.seed,
-                     device="cuda" if device.type == "cuda" else "cpu",
-                     device_id=device.index if device.type == "cuda" else None, num_threads=cfg.threads)
+    loader_kw = loader_settings(cfg, rank, world, device)
     train_loader = make_loader(cfg.data, "train", cfg.batch_size, train=True,
                                random_resized_crop=cfg.random_resized_crop, **loader_kw)
     val_loader = make_loader(cfg.data, "val", cfg.batch_size, train=False, **loader_kw)
     model, trainable = build_replica(cfg, devices)
-    opt = make_optimizer(model, peak_lr, cfg.momentum, cfg.wd)
-    schedule = LrSchedule(cfg.base_lr, cfg.warmup_epochs, cfg.lr_schedule, cfg.lr_patience, cfg.lr_step_size)
+    opt = make_optimizer(model, peak_lr, cfg.momentum, cfg.wd, decay_biases=cfg.decay_biases)
+    schedule = LrSchedule(cfg.base_lr, cfg.warmup_epochs, cfg.lr_schedule, cfg.lr_patience, cfg.lr_step_size,
+                          warmup_steps=cfg.warmup_steps, steps_per_epoch=len(train_loader))
     start_epoch = _load_checkpoint(model, opt, schedule)
     # another world size than the checkpoint's (elastic restart, --resume --workers): the launch rule again, a
     # warmup over --warmup-epochs (5 when the run had none) from the rate the run had to the new peak

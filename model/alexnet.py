@@ -71,23 +71,30 @@ def paper_init_(module):
             nn.init.constant_(m.bias, 1.0 if name.split(".")[-1] in ONES_BIAS else 0.0)
 
 
-def kaiming_init_(module):
-    """He et al. (2015) fan-out init for convolutions, N(0, 0.01) for the fully connected layers (torchvision's
-    recipe), biases 0. The fan-out is the whole layer's (both columns), so the split and grouped forms draw from one
-    distribution. It trains from the first steps, where the paper's init needs many epochs to get going (what the
-    short CPU demo needs; the paper's init stays the default)."""
+def kaiming_init_(module, mode="fan_out"):
+    """He et al. (2015) normal init of the convolutions for their fan-out (or fan-in), N(0, 0.01) for the fully
+    connected layers (torchvision's recipe), biases 0. The fan is the whole layer's (both columns), so the split and
+    grouped forms draw from one distribution.
+
+    Fan-out, for the paper's inputs (0-255 minus the mean, std ~60): conv1 has 32x more outputs than inputs per
+    pixel, so fan-out weights are ~6x smaller than fan-in ones and the signal falls from ~10 after conv1 to ~1 by
+    conv5, the logits depending on the image from the first step. Fan-in would carry the inputs' scale to the logits
+    (a first loss of ~14 on 10 classes); inputs divided by the std with fan-out leave logits that hardly depend on
+    the image (a plateau at chance). bench/init_check.py measures all of these (docs/BENCHMARKS.md)."""
+    if mode not in ("fan_out", "fan_in"):
+        raise ValueError(f"mode must be 'fan_out' or 'fan_in', got {mode!r}")
     for name, m in module.named_modules():
         if isinstance(m, nn.Conv2d):
             halves = 2 if name.startswith("columns.") else 1
-            fan_out = halves * m.weight.shape[0] * m.weight[0, 0].numel()
-            nn.init.normal_(m.weight, 0.0, (2.0 / fan_out) ** 0.5)
+            fan = m.weight[0].numel() if mode == "fan_in" else halves * m.weight.shape[0] * m.weight[0, 0].numel()
+            nn.init.normal_(m.weight, 0.0, (2.0 / fan) ** 0.5)
         if isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, 0.0, 0.01)
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             nn.init.zeros_(m.bias)
 
 
-INITS = {"paper": paper_init_, "kaiming": kaiming_init_}
+INITS = {"paper": paper_init_, "kaiming": kaiming_init_}  # the presets', the ablation's and the CLI's choices
 
 
 def _init(module, init):

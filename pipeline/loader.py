@@ -7,10 +7,12 @@
             ...
 
 Training is the paper's: a random crop x crop of the image scaled to `resize` on its shorter side (256 for 224),
-a horizontal flip with p=0.5, PCA lighting noise (alpha ~ N(0, 0.1) per image, the eigen-decomposition from the
-manifest), then mean/std normalisation; crop_flip=False trains on the centre crop, never flipped (the ablation's "no
-augmentation"; lighting has its own switch). Evaluation: the centre crop, or the paper's ten patches (four corners and
-the centre, each also flipped) as (N, 10, 3, crop, crop).
+taken from its central resize x resize square with central_square=True (the paper's "cropped out the central 256x256
+patch"; False: from the whole image), a horizontal flip with p=0.5, PCA lighting noise (below), then the declared
+input normalisation (pipeline/stats.py: "paper" subtracts the per-channel mean on the 0-255 scale, "std" also divides
+by the std); crop_flip=False trains on the centre crop, never flipped (the ablation's "no augmentation"; lighting has
+its own switch). Evaluation: the centre crop, or the paper's ten patches (four corners and the centre of the central
+square or of the whole image, each also flipped) as (N, 10, 3, crop, crop).
 
 Training order (pipeline/epoch_order.py): epoch e permutes the shard files by (seed, e) on every rank, rank r of
 `num_shards` reads its stretch of that order through a shuffle buffer, augmentation is seeded by (seed, e, r). What
@@ -52,6 +54,7 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 from pipeline import epoch_order
 from pipeline import manifest as mf
 from pipeline.epoch_order import shard_range
+from pipeline.stats import input_normalization
 
 OUTPUTS = ["images", "labels", "indices"]
 TEN_CROP_POSITIONS = [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (0.5, 0.5)]  # corners, then centre
@@ -62,9 +65,11 @@ def _lighting_mean(mean, stats, strength):
     """Fold the paper's PCA lighting noise into a per-image mean: (x + d - mean) / std == (x - (mean - d)) / std,
     with d = eigvec @ (alpha * eigval) and alpha ~ N(0, strength) drawn per image and per use.
 
-    The manifest's eigenvalues are of 0-255 pixel values; the noise is applied on the 0-1 scale where alpha's 0.1
-    was tuned (the largest ImageNet eigenvalue is ~0.22 there, so d is a few grey levels), hence d = 255 * V @
-    (alpha * eigval / 255^2)."""
+    d is in grey levels, added to the 0-255 pixels before any normalisation, so it is the same noise under either
+    input normalisation. Its size: the paper's formula with the eigenvalues of the covariance of pixel values on the
+    0-1 scale (as fb.resnet.torch and others read it), converted to grey levels: d = 255 * V @ (alpha * eigval / 255^2)
+    with the manifest's 0-255 eigenvalues. For ImageNet (largest 0-1 eigenvalue ~0.22) one alpha of 0.1 is ~5.5 grey
+    levels. Read literally on the 0-255 scale (eigval ~14,000) it would be ~1,400 grey levels, more than the range."""
     alpha = fn.random.normal(shape=[3], stddev=strength)
     vec, val = np.asarray(stats["eigvec"]), np.asarray(stats["eigval"]) / 255.0
     shifted = []
@@ -76,7 +81,7 @@ def _lighting_mean(mean, stats, strength):
 
 @pipeline_def
 def _pipeline(tars, idxs, *, mixed, train, crop, resize, ten_crop, rrc, shard_id, num_shards, stats, lighting,
-              half, initial_fill, hw_decoder_load, roi_decode, preallocate, crop_flip):
+              half, initial_fill, hw_decoder_load, roi_decode, preallocate, crop_flip, normalize, square):
     # Training: the reader gets only this epoch's stretch of this rank (shard 0 of 1), parsed lazily so that the
     # parse runs in DALI's threads, not under the GIL in build(). Evaluation: a fixed part, padded to whole batches.
     # tensor_init_bytes=0: the default reserves 1 MB per output of each buffered sample, which memory-mapped samples
@@ -89,7 +94,7 @@ def _pipeline(tars, idxs, *, mixed, train, crop, resize, ten_crop, rrc, shard_id
     # The mixed decoder still Huffman-decodes on CPU threads; the hints only avoid reallocations.
     hints = dict(preallocate_width_hint=preallocate, preallocate_height_hint=preallocate) if preallocate else {}
     decode = dict(device="mixed", hw_decoder_load=hw_decoder_load, **hints) if mixed else dict(device="cpu")
-    mean, std = stats["mean"], stats["std"]
+    mean, std = input_normalization(stats, normalize)
     dtype = types.FLOAT16 if half else types.FLOAT
     # Without crop_flip (the ablation's "no augmentation"): the centre crop, never mirrored; no random ops are made.
     random_pos = (dict(crop_pos_x=fn.random.uniform(range=(0.0, 1.0)), crop_pos_y=fn.random.uniform(range=(0.0, 1.0)))
@@ -98,14 +103,18 @@ def _pipeline(tars, idxs, *, mixed, train, crop, resize, ten_crop, rrc, shard_id
         images = fn.decoders.image_random_crop(jpegs, output_type=types.RGB, random_area=[0.08, 1.0],
                                                random_aspect_ratio=[3 / 4, 4 / 3], **decode)
         images = fn.resize(images, resize_x=crop, resize_y=crop)
-    elif train and roi_decode and not resize:
+    elif train and roi_decode and not resize and not square:
         # The shards are already at scale: decode only the random crop window (~40% fewer pixels for 224 of 256);
         # the crop below is then the whole image.
         images = fn.decoders.image_crop(jpegs, output_type=types.RGB, crop=(crop, crop), **random_pos, **decode)
+    elif square and (train or ten_crop) and not resize:  # at scale already: decode the central square only
+        images = fn.decoders.image_crop(jpegs, output_type=types.RGB, crop=(square, square), **decode)
     else:
         images = fn.decoders.image(jpegs, output_type=types.RGB, **decode)
         if resize:
             images = fn.resize(images, resize_shorter=resize)
+        if square and (train or ten_crop):  # the centre crop is the same with or without the square
+            images = fn.crop(images, crop=(square, square), out_of_bounds_policy="pad")
     normalise = dict(crop=(crop, crop), std=std, dtype=dtype, output_layout="CHW", out_of_bounds_policy="pad")
     if train:
         out = fn.crop_mirror_normalize(
@@ -145,7 +154,8 @@ class DaliLoader:
     def __init__(self, data_dir, split, batch_size, *, shard_id=0, num_shards=1, device="cpu", device_id=None,
                  train=True, crop=224, resize=None, ten_crop=False, random_resized_crop=False, lighting=0.1,
                  dtype="float32", seed=0, epoch=0, num_threads=None, initial_fill=SHUFFLE_BUFFER, verify=False,
-                 hw_decoder_load=0.65, prefetch=2, roi_decode=True, preallocate=None, crop_flip=True):
+                 hw_decoder_load=0.65, prefetch=2, roi_decode=True, preallocate=None, crop_flip=True,
+                 normalize="paper", central_square=False):
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
         if dtype not in ("float32", "float16", "bfloat16"):
@@ -158,6 +168,9 @@ class DaliLoader:
             raise ValueError("random_resized_crop=True is a random crop: it cannot be combined with crop_flip=False")
         if initial_fill < 1:
             raise ValueError(f"initial_fill (the shuffle buffer) must be >= 1 sample, got {initial_fill}")
+        if random_resized_crop and central_square:
+            raise ValueError("random_resized_crop=True crops anywhere in the image: it cannot be combined with "
+                             "central_square=True")
         self.manifest = mf.load(data_dir)
         files = mf.split_files(data_dir, self.manifest, split)
         problems = [p for tar, idx, entry in files for p in mf.check_shard(tar, idx, entry, deep=verify)]
@@ -180,6 +193,8 @@ class DaliLoader:
         self.split, self.batch_size, self.train = split, batch_size, train
         self.shard_id, self.num_shards = shard_id, num_shards
         self.device, self.dtype, self.seed, self.epoch = device, dtype, seed, epoch
+        self.normalize = normalize
+        self.mean, self.std = input_normalization(self.manifest["stats"], normalize)  # what (x - mean) / std uses
         if device_id is None and device == "cuda":
             device_id = torch.cuda.current_device()
         self.device_id = device_id
@@ -193,7 +208,8 @@ class DaliLoader:
             resize=None if (built == resize and not self.manifest["build"]["center_crop"]) else resize,
             stats=self.manifest["stats"], lighting=lighting, half=dtype == "float16",
             initial_fill=min(initial_fill, max(1, self.shard_samples)), hw_decoder_load=hw_decoder_load,
-            roi_decode=roi_decode, preallocate=2 * crop if preallocate is None else preallocate, crop_flip=crop_flip)
+            roi_decode=roi_decode, preallocate=2 * crop if preallocate is None else preallocate, crop_flip=crop_flip,
+            normalize=normalize, square=resize if central_square else None)
         self.prefetch = prefetch
         self.epoch_timings = []  # EpochTiming per training epoch started
         self._eval_iter = None  # evaluation: one pipeline for the loader's lifetime

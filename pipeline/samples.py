@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline import manifest as mf
+from pipeline.stats import input_normalization
 
 
 @dataclass(frozen=True)
@@ -127,10 +128,10 @@ def eval_view(jpg, crop):
         return np.asarray(im.crop((left, top, left + crop, top + crop)), dtype=np.uint8)
 
 
-def normalise(views, stats):
-    """uint8 HWC views -> float32 NCHW, (x - mean) / std per channel on the 0-255 scale (the manifest's stats),
-    as the loader's crop_mirror_normalize does."""
+def normalise(views, stats, normalize):
+    """uint8 HWC views -> float32 NCHW, (x - mean) / std per channel on the 0-255 scale with the run's declared input
+    normalisation (pipeline/stats.py; "paper": no division), as the loader's crop_mirror_normalize does."""
+    mean, std = input_normalization(stats, normalize)
     x = np.stack(views).astype(np.float32)
-    x = (x - np.asarray(stats["mean"], dtype=np.float32)) / np.asarray(stats["std"], dtype=np.float32)
+    x = (x - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-

@@ -46,3 +46,22 @@ class RGBStats:
             "eigval": np.clip(eigval[order], 0, None).tolist(),
             "eigvec": eigvec[:, order].tolist(),  # columns are eigenvectors
         }
+
+
+NORMALIZE = ("paper", "std")
+
+
+def input_normalization(stats, normalize):
+    """(mean, std) per RGB channel, on the 0-255 scale, that every consumer of the shards applies as (x - mean) / std.
+
+    paper: the paper's inputs (section 2, "the (centered) raw RGB values"): 0-255 pixels minus the training set's
+      per-channel mean, no division (std 1). Per channel, not the mean image: the network sees random crops and flips
+      of images of every aspect ratio, so a mean image would have to be cropped and flipped along with each crop (the
+      paper does not say how), and the spatial structure it would remove averages out over crops.
+    std: also divided by the per-channel std (unit-variance inputs, today's usual convention): ~58x smaller inputs
+      than the paper's, for which its N(0, 0.01) init and lr 0.01 were not chosen."""
+    if normalize == "paper":
+        return list(stats["mean"]), [1.0, 1.0, 1.0]
+    if normalize == "std":
+        return list(stats["mean"]), list(stats["std"])
+    raise ValueError(f"normalize must be one of {', '.join(NORMALIZE)}, got {normalize!r}")

@@ -55,10 +55,11 @@ def test_end_to_end_outputs_are_the_drivers_and_checkpoints_go_to_storage(finish
     assert state["epoch"] == 1 and state["model"]["conv1.weight"].shape == (96, 3, 11, 11)
     assert {"optimizer", "schedule", "metrics"} <= set(state)
     cfg = json.loads((run_dir / "config.json").read_text())
-    # 2 replicas x 8 images: a global batch of 16, so the paper's 0.01 per 128 images becomes 0.00125
-    assert cfg["global_batch_size"] == 16 and cfg["lr"] == pytest.approx(0.00125) and cfg["base_lr"] == 0.01
+    # 2 replicas x 8 images: a global batch of 16, so the demo preset's 0.0025 per 128 images becomes 0.0003125
+    assert cfg["global_batch_size"] == 16 and cfg["lr"] == pytest.approx(0.0003125) and cfg["base_lr"] == 0.0025
     assert cfg["warmup_epochs"] == 0 and cfg["preset"] == "demo" and cfg["storage"] == str(tmp / "ckpt")
-    assert rows[0]["lr"] == pytest.approx(0.00125)
+    assert cfg["normalize"] == "paper" and not cfg["central_square"] and not cfg["decay_biases"]
+    assert rows[0]["lr"] == pytest.approx(0.0003125)
 
 
 @SLOW
@@ -68,16 +69,16 @@ def test_resume_continues_at_the_next_epoch_and_applies_only_changeable_flags(fi
     common = ["--output-dir", str(tmp / "runs"), "--name", "e2e", "--resume"]
     assert launch.main([*common, "--epochs", "3", "--lr", "0.1"]) == 2  # would change what the run computes
     err = capsys.readouterr().err
-    assert "--lr 0.1 differs from the run's saved value base_lr=0.01" in err
-    # --print-freq as saved: fine. 3 replicas instead of 2: peak 0.01 x 24/128, reached by a warmup from 0.00125
+    assert "--lr 0.1 differs from the run's saved value base_lr=0.0025" in err
+    # --print-freq as saved: fine. 3 replicas instead of 2: peak 0.0025 x 24/128, reached by a warmup from 0.0003125
     assert launch.main([*common, "--epochs", "3", "--print-freq", "5", "--workers", "3"]) == 0
     out = capsys.readouterr().out
     assert "--epochs 3 applied (was 2)" in out and "--workers 3 applied (was 2)" in out
-    assert "peak lr follows the global batch: 0.001875 for 3 replica(s) (was 0.00125)" in out
+    assert "peak lr follows the global batch: 0.00046875 for 3 replica(s) (was 0.0003125)" in out
     after = metrics(run_dir)
     assert [m["epoch"] for m in after] == [1, 2, 3] and after[:2] == before and after[2]["replicas"] == 3
-    # the last step of the ramp's first epoch (of 5): 0.00125 + 0.000625 x 0.8 / 5, not the new peak
-    assert after[2]["lr"] == pytest.approx(0.00125 + 0.000625 * 0.8 / 5), after[2]["lr"]
+    # the last step of the ramp's first epoch (of 5): 0.0003125 + 0.00015625 x 0.8 / 5, not the new peak
+    assert after[2]["lr"] == pytest.approx(0.0003125 + 0.00015625 * 0.8 / 5), after[2]["lr"]
     assert json.loads((run_dir / "config.json").read_text())["epochs"] == 3
 
 

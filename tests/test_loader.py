@@ -12,6 +12,7 @@ from PIL import Image
 from pipeline import manifest as mf
 from pipeline.epoch_order import rank_parts
 from pipeline.loader import make_loader
+from pipeline.stats import input_normalization
 
 COLOURS = [(220, 30, 30), (30, 200, 40), (40, 60, 220), (230, 220, 40), (200, 40, 200)]
 
@@ -50,9 +51,9 @@ def gradient_shards(tmp_path_factory):
     return out
 
 
-def unnormalise(images, data_dir):
-    st = mf.load(data_dir)["stats"]
-    return images * torch.tensor(st["std"]).view(1, 3, 1, 1) + torch.tensor(st["mean"]).view(1, 3, 1, 1)
+def unnormalise(images, data_dir, normalize="paper"):
+    mean, std = input_normalization(mf.load(data_dir)["stats"], normalize)
+    return images * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
 
 
 def nearest_colour(images, data_dir):
@@ -228,6 +229,10 @@ def test_bad_arguments(demo_shards):
         make_loader(demo_shards, "train", 4, shard_id=4, num_shards=4)
     with pytest.raises(mf.ManifestError, match="no shards for split 'test'"):
         make_loader(demo_shards, "test", 4)
+    with pytest.raises(ValueError, match="normalize must be one of paper, std, got 'unit'"):
+        make_loader(demo_shards, "val", 4, train=False, normalize="unit")
+    with pytest.raises(ValueError, match="central_square"):
+        make_loader(demo_shards, "train", 4, random_resized_crop=True, central_square=True)
 
 
 @pytest.mark.gpu
@@ -235,7 +240,7 @@ def test_mixed_decode_matches_cpu_decode(demo_shards):
     cpu, labels_cpu, idx_cpu = next(iter(make_loader(demo_shards, "val", 16, train=False)))
     gpu, labels_gpu, idx_gpu = next(iter(make_loader(demo_shards, "val", 16, train=False, device="cuda")))
     assert gpu.is_cuda and torch.equal(idx_cpu, idx_gpu.cpu()) and torch.equal(labels_cpu, labels_gpu.cpu())
-    assert (gpu.cpu() - cpu).abs().mean() < 0.05  # normalised units; nvJPEG and libjpeg-turbo differ by rounding
+    assert (gpu.cpu() - cpu).abs().mean() < 3  # grey levels; nvJPEG and libjpeg-turbo differ by rounding
 
 
 def test_random_resized_crop_option(colour_shards):
@@ -243,3 +248,57 @@ def test_random_resized_crop_option(colour_shards):
     images, labels, _ = next(iter(loader))
     assert images.shape == (40, 3, 48, 48)
     assert torch.equal(nearest_colour(images, colour_shards), labels)
+
+
+@pytest.mark.parametrize("view", [dict(train=False), dict(train=False, ten_crop=True), dict(train=True, lighting=0.1)])
+def test_paper_inputs_are_0_255_minus_the_mean_and_std_only_divides(demo_shards, view):
+    """The same samples and augmentation under both settings: "paper" is exactly "std" times the std."""
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in input_normalization(mf.load(demo_shards)["stats"], "std"))
+    batch = {n: next(iter(make_loader(demo_shards, "train", 16, crop=64, normalize=n, seed=3, **view)))
+             for n in ("paper", "std")}
+    paper, scaled = batch["paper"][0], batch["std"][0]
+    assert torch.equal(batch["paper"][2], batch["std"][2])
+    torch.testing.assert_close(paper, scaled * std, rtol=1e-4, atol=1e-3)
+    assert -mean.max() - 1 <= paper.min() and paper.max() <= 255 - mean.min() + 1  # 0-255 minus the mean
+    assert paper.std() > 20 and 0.3 < scaled.std() < 3
+
+
+def test_paper_inputs_have_mean_about_0_over_the_training_set(demo_shards):
+    images = torch.cat([b[0] for b in make_loader(demo_shards, "train", 40, train=False, crop=64)])
+    assert len(images) == 120
+    # the manifest's mean is of the whole images (downsampled); these are centre crops: a few grey levels apart
+    assert images.mean(dim=(0, 2, 3)).abs().max() < 8 and images.std() > 30
+
+
+@pytest.fixture(scope="module")
+def wide_gradient_shards(tmp_path_factory):
+    """384x256 images whose red channel is the x coordinate (0..255 over 384 px): the central square is x 64..319."""
+    tmp = tmp_path_factory.mktemp("wide")
+    x = np.linspace(0, 255, 384)
+    arr = np.stack([np.tile(x, (256, 1)), np.full((256, 384), 128.0), np.full((256, 384), 128.0)], -1)
+    d = tmp / "src" / "train" / "g"
+    d.mkdir(parents=True)
+    for i in range(32):
+        Image.fromarray(arr.astype(np.uint8)).save(d / f"{i}.png")
+    out = tmp / "shards"
+    assert build(out, "--src", tmp / "src", "--size", 256, "--quality", 98) == 0
+    return out
+
+
+@pytest.mark.parametrize("central_square, lowest, highest", [(True, 64, 96), (False, 0, 160)])
+def test_training_crops_come_from_the_central_square(wide_gradient_shards, central_square, lowest, highest):
+    loader = make_loader(wide_gradient_shards, "train", 32, crop=224, lighting=0.0, central_square=central_square)
+    red = unnormalise(next(iter(loader))[0], wide_gradient_shards)[:, 0, 112, :]
+    left = torch.minimum(red[:, 0], red[:, -1]) * 383 / 255  # the source x where the crop starts (flips included)
+    assert left.min() >= lowest - 3 and left.max() <= highest + 3
+    assert left.max() - left.min() > 10
+
+
+def test_ten_patches_come_from_the_central_square(wide_gradient_shards):
+    ten, _, _ = next(iter(make_loader(wide_gradient_shards, "train", 2, train=False, crop=224, ten_crop=True,
+                                      central_square=True)))
+    x = unnormalise(ten.flatten(0, 1), wide_gradient_shards).view(2, 10, 3, 224, 224)[:, :, 0, 112] * 383 / 255
+    assert (x[:, 0, 0] - 64).abs().max() < 3 and (x[:, 2, -1] - 319).abs().max() < 3  # top-left, top-right
+    centre, _, _ = next(iter(make_loader(wide_gradient_shards, "train", 2, train=False, crop=224,
+                                         central_square=True)))
+    torch.testing.assert_close(ten[:, 8], centre, atol=1.5, rtol=0)  # the centre patch: the loader's centre crop

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from model import AlexNet, FastLocalResponseNorm, GroupedAlexNet, GroupedLocalResponseNorm
+from model import AlexNet, FastLocalResponseNorm, GroupedAlexNet, GroupedLocalResponseNorm, kaiming_init_
 
 PAPER_SHAPES = {"conv1": (96, 55, 55), "pool1": (96, 27, 27), "conv2": (256, 27, 27), "pool2": (256, 13, 13),
                 "conv3": (384, 13, 13), "conv4": (384, 13, 13), "conv5": (256, 13, 13), "pool5": (256, 6, 6),
@@ -123,6 +123,10 @@ def test_paper_initialisation():
     assert AlexNet(init="kaiming").columns[1].conv1.weight.std().item() == pytest.approx(he, rel=0.05)
     with pytest.raises(ValueError, match="init"):
         GroupedAlexNet(init="xavier")
+    kaiming_init_(k, "fan_in")  # bench/init_check.py's comparison: the fan of one output's inputs, 3 x 11 x 11
+    assert k.conv1.weight.std().item() == pytest.approx((2 / (3 * 11 * 11)) ** 0.5, rel=0.05)
+    with pytest.raises(ValueError, match="fan_out"):
+        kaiming_init_(k, "fan_both")
 
 
 def test_each_switch_changes_only_its_part():

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from ray.cluster_utils import Cluster
 
+from cluster.config import PRESETS
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
@@ -150,9 +152,11 @@ def test_elastic_run_grows_back_when_a_node_returns(cluster, demo_shards, tmp_pa
     history = rows(tmp_path / "mn")
     replicas = [r["replicas"] for r in history]
     assert len(replicas) == 6 and replicas[0] == 2 and replicas[-1] == 3 and replicas == sorted(replicas)
-    # the larger world raised the peak (0.00125 -> 0.001875): the replicas warm up to it, they do not jump
+    # the larger world raised the peak (the demo preset's lr x 16/128 -> x 24/128): the replicas warm up to it, they
+    # do not jump
+    base = PRESETS["demo"].lr
     grown = history[replicas.index(3)]["lr"]
-    assert 0.01 * 8 * 2 / 128 < grown < 0.99 * 0.01 * 8 * 3 / 128, grown
+    assert base * 8 * 2 / 128 < grown < 0.99 * base * 8 * 3 / 128, grown
 
 
 def free_port():

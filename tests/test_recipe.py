@@ -152,3 +152,35 @@ def test_a_preset_fills_only_the_flags_left_out(demo_shards, tmp_path):
     demo = resolved("--epochs", "3")  # no --preset: demo, as the demo set was built without --src
     assert (demo.preset, demo.batch_size, demo.epochs, demo.crop, demo.init, demo.lr_patience) == \
         ("demo", 32, 3, 112, "kaiming", 10)
+
+
+def test_warmup_steps_ramp_the_first_steps_of_the_run_only():
+    s = LrSchedule(base_lr=0.01, warmup_epochs=0, warmup_steps=50, steps_per_epoch=10)
+    assert s.lr(0.01, 0, 0.0) == pytest.approx(0.01 / 50)
+    assert s.lr(0.01, 2, 0.5) == pytest.approx(0.01 * 26 / 50)  # step 25
+    assert s.lr(0.01, 4, 0.9) == pytest.approx(0.01) and s.lr(0.01, 7, 0.0) == pytest.approx(0.01)
+    assert LrSchedule(base_lr=0.01, warmup_epochs=0).lr(0.01, 0, 0.0) == pytest.approx(0.01)
+
+
+def test_presets_declare_the_inputs_and_preprocessing():
+    paper, demo = PRESETS["paper"], PRESETS["demo"]
+    assert paper.normalize == demo.normalize == "paper"
+    assert paper.central_square and not demo.central_square
+    assert not paper.decay_biases and not demo.decay_biases
+    assert paper.warmup_steps > 0 and demo.warmup_steps == 0
+
+
+@pytest.mark.parametrize("decay_biases, bias_after", [(False, 1.0), (True, 0.95)])
+def test_weight_decay_on_the_weights_only_unless_asked(decay_biases, bias_after):
+    import torch
+
+    from cluster.loop import make_optimizer
+
+    layer = torch.nn.Linear(3, 2)
+    torch.nn.init.ones_(layer.weight)
+    torch.nn.init.ones_(layer.bias)
+    opt = make_optimizer(layer, 0.1, 0.0, 0.5, decay_biases=decay_biases)
+    layer.weight.grad, layer.bias.grad = torch.zeros_like(layer.weight), torch.zeros_like(layer.bias)
+    opt.step()  # no gradient: only the decay moves a parameter, by lr * wd = 5%
+    assert torch.allclose(layer.weight, torch.full_like(layer.weight, 0.95))
+    assert torch.allclose(layer.bias, torch.full_like(layer.bias, bias_after))
