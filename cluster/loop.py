@@ -53,7 +53,8 @@ class LrSchedule:
         """The rate for `epoch` (0-based) at `progress` (0..1) through it."""
         target = self._after_ramp(peak, epoch)
         if epoch < self._ramp_end():
-            target = self.ramp_from + (target - self.ramp_from) * (epoch - self.ramp_start + progress) / self.ramp_epochs
+            done = (epoch - self.ramp_start + progress) / self.ramp_epochs
+            target = self.ramp_from + (target - self.ramp_from) * done
         return self._first_steps(epoch, progress) * target
 
     def _first_steps(self, epoch, progress):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from cluster import launch
+from cluster.config import PRESETS
 
 SLOW = pytest.mark.slow  # each of these starts a Ray cluster
 
@@ -169,7 +170,7 @@ def test_plan_resources_from_what_the_cluster_has(demo_shards, tmp_path, flags, 
                                                 "--name", "p", "-b", "8", *flags])
     cfg = plan_resources(new_config(args, demo_shards), available)
     assert (cfg.gpus_per_worker, cfg.cpus_per_worker, cfg.threads, cfg.backend) == expected
-    assert cfg.global_batch_size == 8 * cfg.workers and cfg.lr == pytest.approx(0.01 * 8 * cfg.workers / 128)
+    assert cfg.global_batch_size == 8 * cfg.workers and cfg.lr == pytest.approx(PRESETS["demo"].lr * 8 * cfg.workers / 128)
 
 
 def test_nccl_without_whole_gpus_is_refused(demo_shards, tmp_path):
@@ -244,7 +245,7 @@ def test_a_path_flag_under_a_file_is_refused_before_ray_starts(demo_shards, tmp_
     (["--no-overlap"], "--no-overlap differs from the run's saved value overlapping_pool=True"),
     (["--weight-decay", "0.1"], "--weight-decay 0.1 differs from the run's saved value wd=0.0005"),
     (["--wd=0.1"], "--wd 0.1 differs"),
-    (["--lr", "0.1"], "--lr 0.1 differs from the run's saved value base_lr=0.01"),
+    (["--lr", "0.1"], "--lr 0.1 differs from the run's saved value base_lr=0.0025"),
     (["--no-l"], "--no-lrn differs"),  # abbreviated: the flag's full name
 ])
 def test_a_refused_resume_names_the_flag_as_typed(demo_shards, tmp_path, capsys, no_ray, flags, said):
@@ -255,11 +256,11 @@ def test_a_refused_resume_names_the_flag_as_typed(demo_shards, tmp_path, capsys,
 
 def test_resume_applies_changeable_flags_and_says_the_new_peak(demo_shards, tmp_path, capsys):
     resume = saved_run(demo_shards, tmp_path)
-    cfg = resumed([*resume, "--workers", "4", "--epochs", "5", "--lr", "0.01"])  # --lr as saved: fine
-    assert (cfg.workers, cfg.min_workers, cfg.epochs, cfg.base_lr) == (4, 4, 5, 0.01)  # fixed-size stays fixed
+    cfg = resumed([*resume, "--workers", "4", "--epochs", "5", "--lr", "0.0025"])  # --lr as saved: fine
+    assert (cfg.workers, cfg.min_workers, cfg.epochs, cfg.base_lr) == (4, 4, 5, 0.0025)  # fixed-size stays fixed
     out = capsys.readouterr().out
     assert "--workers 4 applied (was 2)" in out and "--epochs 5 applied (was 10)" in out
-    assert "peak lr follows the global batch: 0.0025 for 4 replica(s) (was 0.00125)" in out
+    assert "peak lr follows the global batch: 0.000625 for 4 replica(s) (was 0.0003125)" in out
 
 
 def test_resume_keeps_an_elastic_runs_minimum(demo_shards, tmp_path):

@@ -3,7 +3,7 @@ rate, and the schedule state that survives a restart with another world size."""
 import pytest
 import torch
 
-from cluster.config import default_warmup_epochs, scaled_lr
+from cluster.config import PRESETS, default_warmup_epochs, scaled_lr
 from cluster.loop import LrSchedule
 
 
