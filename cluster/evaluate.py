@@ -7,6 +7,7 @@ The net is built from the run's config.json (cluster/report.py's single-device f
 state_dict), the validation loader is cluster/train.py's last-epoch 10-crop loader, and the numbers come from
 cluster/loop.py's evaluate: the same definitions as a run's val_top1_error_10crop / val_top5_error_10crop.
 """
+import dataclasses
 import json
 import os
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 
 from cluster.config import TrainConfig
-from cluster.loop import evaluate
+from cluster.loop import evaluate, loader_settings
 from cluster.report import ReportError, RunSettings, build_model, load_model_state
 from pipeline import manifest as mf
 from pipeline import object_store
@@ -62,8 +63,9 @@ def test_only(args):
     device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     threads = args.threads or min(8, os.cpu_count() or 1)
     torch.set_num_threads(threads)
-    loader = make_loader(data, "val", max(1, cfg.batch_size // 10), train=False, ten_crop=True, crop=cfg.crop,
-                         seed=cfg.seed, device=device.type, device_id=device.index, num_threads=threads)
+    # the run's own inputs and preprocessing (normalisation, central square), as its workers evaluated
+    loader = make_loader(data, "val", max(1, cfg.batch_size // 10), train=False, ten_crop=True,
+                         **loader_settings(dataclasses.replace(cfg, threads=threads), 0, 1, device))
     try:
         top1, top5, n = evaluate(model.to(device), loader, device, amp=cfg.amp, ten_crop=True)
     finally:

@@ -113,6 +113,14 @@ class LrSchedule:
                 setattr(self, k, state[k])
 
 
+def loader_settings(cfg, rank, world, device):
+    """What every loader of this rank shares (training, --test-only): its shard, the crop, and the run's declared
+    inputs and preprocessing."""
+    return dict(shard_id=rank, num_shards=world, crop=cfg.crop, seed=cfg.seed, normalize=cfg.normalize,
+                central_square=cfg.central_square, device="cuda" if device.type == "cuda" else "cpu",
+                device_id=device.index if device.type == "cuda" else None, num_threads=cfg.threads)
+
+
 def make_optimizer(model, lr, momentum, wd, *, decay_biases):
     """SGD with momentum. decay_biases=False decays the weights only, as cuda-convnet (the paper's code) did: its
     layers had a weight decay for weights and none for biases."""

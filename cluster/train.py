@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from cluster.compression import register as register_compression
 from cluster.config import DEFAULT_WARMUP_EPOCHS
-from cluster.loop import LrSchedule, evaluate, make_optimizer, train_one_epoch
+from cluster.loop import LrSchedule, evaluate, loader_settings, make_optimizer, train_one_epoch
 from cluster.run_files import CHECKPOINT_FILE
 from model import AlexNet, compile_for_speed
 from pipeline.loader import make_loader
@@ -35,13 +35,6 @@ def replica_devices(cfg):
     devices = ray.train.torch.get_devices()
     second = devices[1] if len(devices) > 1 else devices[0]
     return devices[0], torch.device("cpu") if cfg.column1_device == "cpu" else second
-
-
-def loader_settings(cfg, rank, world, device):
-    """What every loader of this rank shares: its shard, the crop, and the run's declared inputs and preprocessing."""
-    return dict(shard_id=rank, num_shards=world, crop=cfg.crop, seed=cfg.seed, normalize=cfg.normalize,
-                central_square=cfg.central_square, device="cuda" if device.type == "cuda" else "cpu",
-                device_id=device.index if device.type == "cuda" else None, num_threads=cfg.threads)
 
 
 def build_replica(cfg, devices):

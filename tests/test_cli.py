@@ -86,6 +86,22 @@ def test_test_only_on_other_data(demo_shards, tmp_path, capsys):
     assert f"data {demo_shards.resolve()}" in capsys.readouterr().out
 
 
+def test_test_only_reads_the_runs_inputs(demo_shards, tmp_path, monkeypatch):
+    import dataclasses
+
+    from cluster import evaluate as evaluate_module
+    cfg = _run_with_checkpoint(demo_shards, tmp_path, torch.zeros(10))
+    dataclasses.replace(cfg, normalize="std", central_square=True).save(cfg.run_dir)  # a run of other inputs
+    seen = {}
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return make_loader(*args, **kwargs)
+    monkeypatch.setattr(evaluate_module, "make_loader", spy)
+    assert launch.main(["--output-dir", str(tmp_path), "--name", "done", "--test-only", "-j", "1"]) == 0
+    assert (seen["normalize"], seen["central_square"], seen["crop"]) == ("std", True, 64)
+
+
 def test_test_only_errors_name_what_is_missing(tmp_path, capsys):
     assert launch.main(["--output-dir", str(tmp_path), "--test-only"]) == 2
     assert "--test-only needs --name" in capsys.readouterr().err
