@@ -10,7 +10,7 @@ Targets (issue 17): demo: the training loss below ln 10 - 0.1 within 5 steps, va
 and <= 0.1 by epoch 5, the whole job <= 300 s on a quiet machine. shapes: leaves chance within 2 epochs of 25 steps.
 "Leaves chance" is bench/init_check.py's: the mean of the last 5 training losses below ln(classes) - 0.1.
 
-In one process (default) the demo preset's 4 replicas x 32 are one batch of 128 at the same lr 0.01 (the per-image
+In one process (default) the demo preset's 4 replicas x 32 are one batch of 128 at the preset's lr (the per-image
 rule gives the same), on the same loader settings; what differs from the Ray job is only which images share a
 replica's dropout masks and augmentation seeds. --launch runs the job itself and reads its metrics.jsonl (the first
 steps' losses are then the launcher's running means of rank 0, printed every step).
