@@ -131,7 +131,7 @@ def step_training(ctx):
                          device_id=0 if gpu else None, crop=size.crop)
     model = AlexNet(init="kaiming").place(dev, dev).to(memory_format=torch.channels_last)
     lr = 0.01
-    opt = make_optimizer(model, lr, momentum=0.9, wd=5e-4)
+    opt = make_optimizer(model, lr, momentum=0.9, wd=5e-4, decay_biases=False)  # the paper preset's: weights only
     schedule = LrSchedule(base_lr=lr, warmup_epochs=0)
     epochs = []
     for epoch in range(2):

@@ -44,7 +44,7 @@ def _train_each_kind(rank, cfg, port, out):
         torch.manual_seed(0)  # same weights on every rank and for every kind
         model, ddp = build_replica(run, replica_devices(run))
         start = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        opt = make_optimizer(model, 0.02, run.momentum, run.wd)
+        opt = make_optimizer(model, 0.02, run.momentum, run.wd, decay_biases=run.decay_biases)
         torch.manual_seed(100 + rank)  # rank-specific data, the same for every kind
         first_grads, losses = None, []
         for _ in range(STEPS):
