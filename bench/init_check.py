@@ -99,8 +99,8 @@ def run(args, log=print):
     opt = make_optimizer(model, args.lr, args.momentum, args.wd, decay_biases=preset.decay_biases)
     warmup = args.warmup_steps if args.warmup_steps is not None else preset.warmup_steps
     log(f"preset {args.preset}: crop {crop}, {init} init, inputs {normalize}, batch {args.batch_size}, lr {args.lr:g}"
-        f" (warmup {warmup} steps), momentum {args.momentum:g}, wd {args.wd:g}, dropout {args.dropout:g}, {classes} classes, chance "
-        f"ln {classes} = {math.log(classes):.3f}, seed {args.seed}")
+        f" (warmup {warmup} steps), momentum {args.momentum:g}, wd {args.wd:g}, dropout {args.dropout:g}, {classes} "
+        f"classes, chance ln {classes} = {math.log(classes):.3f}, seed {args.seed}")
     losses, snapshots, step, start = [], {}, 0, time.time()
     while step < args.steps:
         for images, labels, _ in loader:
@@ -131,7 +131,8 @@ def run(args, log=print):
     log(f"left chance (mean of {WINDOW} losses < ln {classes} - {MARGIN}) at step {left}; highest loss "
         f"{max(losses):.3f} = {peak:.2f} x the first ({losses[0]:.3f})")
     return {"preset": args.preset, "crop": crop, "init": init, "normalize": normalize, "lr": args.lr,
-            "warmup_steps": warmup, "dropout": args.dropout, "batch_size": args.batch_size, "seed": args.seed, "classes": classes,
+            "warmup_steps": warmup, "dropout": args.dropout, "batch_size": args.batch_size, "seed": args.seed,
+            "classes": classes,
             "losses": losses, "left_chance_step": left, "peak_over_first": peak, "layers": snapshots,
             "seconds": time.time() - start}
 
