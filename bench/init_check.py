@@ -16,6 +16,8 @@ Printed per layer (conv1 ... fc8), at init and every --every steps, the outputs 
              (0: every image gives the same output)
   grad       mean |dL/dW| of its weights
   upd/w      lr * rms(dL/dW) / rms(W): the relative size of one plain SGD step on the layer
+  dead       the share of channels (conv) or units (fc) whose output is <= 0 for every image and position: dead
+             ReLUs, which pass no gradient (fc8 has no ReLU; its figure is only for symmetry)
 Leaving chance: the first step at which the mean training loss of the last 5 steps is below ln(classes) - 0.1.
 """
 import argparse
@@ -54,21 +56,26 @@ def layer_stats(model, outputs, lr):
     """{layer: {out_rms, spread, grad, upd_w}} from the outputs caught in the last forward and the grads now."""
     rows = {}
     for name in LAYERS:
-        y = outputs[name].detach().double().flatten(1)
+        out = outputs[name].detach().double()
+        y = out.flatten(1)
         rms = y.pow(2).mean().sqrt().item()
+        # a channel (conv) or unit (fc) whose ReLU input is <= 0 for every image and position passes no gradient
+        dead = (out.transpose(0, 1).flatten(1) <= 0).all(1).double().mean().item()
         w, g = getattr(model, name).weight, getattr(model, name).weight.grad
         rows[name] = {"out_rms": rms, "spread": y.std(0).mean().item() / max(rms, 1e-30),
                       "grad": g.abs().mean().item(),
-                      "upd_w": lr * g.pow(2).mean().sqrt().item() / w.detach().pow(2).mean().sqrt().item()}
+                      "upd_w": lr * g.pow(2).mean().sqrt().item() / w.detach().pow(2).mean().sqrt().item(),
+                      "dead": dead}
     return rows
 
 
 def print_stats(step, rows, logits, log):
     spread = logits.detach().double().std(0).mean().item()
     log(f"  step {step}: logits' std across images {spread:.3g}")
-    log("    " + "  ".join(f"{n:>22}" for n in ("layer: out rms", "spread", "grad", "upd/w")))
+    log("    " + "  ".join(f"{n:>22}" for n in ("layer: out rms", "spread", "grad", "upd/w", "dead")))
     for name, r in rows.items():
-        log(f"    {name:>6}: {r['out_rms']:14.3g}  {r['spread']:22.3g}  {r['grad']:22.3g}  {r['upd_w']:22.3g}")
+        log(f"    {name:>6}: {r['out_rms']:14.3g}  {r['spread']:22.3g}  {r['grad']:22.3g}  {r['upd_w']:22.3g}  "
+            f"{r['dead']:22.3g}")
 
 
 def run(args, log=print):
@@ -82,7 +89,7 @@ def run(args, log=print):
     loader = make_loader(args.data, "train", args.batch_size, train=True, crop=crop, seed=args.seed,
                          num_threads=args.threads, normalize=normalize, central_square=preset.central_square)
     classes = len(loader.manifest["classes"])
-    model = GroupedAlexNet(classes, init=init).train()
+    model = GroupedAlexNet(classes, init=init, dropout=args.dropout).train()
     if init == "kaiming" and args.kaiming_mode != "fan_out":
         kaiming_init_(model, args.kaiming_mode)
         init = f"kaiming ({args.kaiming_mode})"
@@ -92,8 +99,8 @@ def run(args, log=print):
     opt = make_optimizer(model, args.lr, args.momentum, args.wd, decay_biases=preset.decay_biases)
     warmup = args.warmup_steps if args.warmup_steps is not None else preset.warmup_steps
     log(f"preset {args.preset}: crop {crop}, {init} init, inputs {normalize}, batch {args.batch_size}, lr {args.lr:g}"
-        f" (warmup {warmup} steps), momentum {args.momentum:g}, wd {args.wd:g}, {classes} classes, chance "
-        f"ln {classes} = {math.log(classes):.3f}, seed {args.seed}")
+        f" (warmup {warmup} steps), momentum {args.momentum:g}, wd {args.wd:g}, dropout {args.dropout:g}, {classes} "
+        f"classes, chance ln {classes} = {math.log(classes):.3f}, seed {args.seed}")
     losses, snapshots, step, start = [], {}, 0, time.time()
     while step < args.steps:
         for images, labels, _ in loader:
@@ -124,7 +131,8 @@ def run(args, log=print):
     log(f"left chance (mean of {WINDOW} losses < ln {classes} - {MARGIN}) at step {left}; highest loss "
         f"{max(losses):.3f} = {peak:.2f} x the first ({losses[0]:.3f})")
     return {"preset": args.preset, "crop": crop, "init": init, "normalize": normalize, "lr": args.lr,
-            "warmup_steps": warmup, "batch_size": args.batch_size, "seed": args.seed, "classes": classes,
+            "warmup_steps": warmup, "dropout": args.dropout, "batch_size": args.batch_size, "seed": args.seed,
+            "classes": classes,
             "losses": losses, "left_chance_step": left, "peak_over_first": peak, "layers": snapshots,
             "seconds": time.time() - start}
 
@@ -142,6 +150,7 @@ def get_args_parser():
     a("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
     a("--wd", type=float, default=5e-4, help="weight decay (default: 5e-4)")
     a("--crop", type=int, default=None, help="crop size (default: the preset's)")
+    a("--dropout", type=float, default=0.5, help="dropout on fc6's and fc7's outputs (default: 0.5, the paper's)")
     a("--init", choices=sorted(INITS), default=None, help="weight init (default: the preset's)")
     a("--kaiming-mode", choices=["fan_out", "fan_in"], default="fan_out",
       help="with --init kaiming: the convolutions' fan (default: fan_out, model.INITS's)")
