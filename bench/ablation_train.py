@@ -59,6 +59,8 @@ class EpochRecord:
     lr: float
     seconds: float  # wall time of the epoch's training and validation
     train_seconds: float = 0.0  # of which training (bench/ablate.py --plan scales these to the full run)
+    train_first_batch_seconds: float = 0.0  # of which the first batch: the epoch's pipeline build, a fixed cost
+    val_first_batch_seconds: float = 0.0  # the same for the validation pass
 
 
 @dataclass
@@ -102,6 +104,24 @@ class OneDecay:
 
     def lr(self, peak, epoch, progress=0.0):
         return peak * (0.1 if self.at and epoch >= self.at else 1.0)
+
+
+class FirstBatchTimer:
+    """A loader that notes how long its first batch took (the epoch's DALI pipeline build and index parse, which do
+    not grow with the set), so --plan can tell a fixed per-epoch cost from a per-image one."""
+
+    def __init__(self, loader):
+        self.loader, self.first = loader, 0.0
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        t0 = time.time()
+        for k, batch in enumerate(self.loader):
+            if k == 0:
+                self.first = time.time() - t0
+            yield batch
 
 
 def per_image_correct(model, loader):
@@ -155,12 +175,13 @@ def train_variant(variant, budget, data_dir, seed, *, log=print):
     for epoch in range(budget.epochs):
         t0 = time.time()
         train_loader.set_epoch(epoch)
-        m = train_one_epoch(model, opt, train_loader, epoch=epoch, schedule=schedule, peak_lr=lr,
+        timed_train, timed_val = FirstBatchTimer(train_loader), FirstBatchTimer(val_loader)
+        m = train_one_epoch(model, opt, timed_train, epoch=epoch, schedule=schedule, peak_lr=lr,
                             device=device, epochs=budget.epochs)
         t_train = time.time() - t0
-        top1, top5, _ = evaluate(model, val_loader, device)
+        top1, top5, _ = evaluate(model, timed_val, device)
         rec = EpochRecord(epoch + 1, m["train_loss"], m["train_top1_error"], top1, top5,
-                          schedule.lr(lr, epoch), time.time() - t0, t_train)
+                          schedule.lr(lr, epoch), time.time() - t0, t_train, timed_train.first, timed_val.first)
         result.history.append(rec)
         log(f"  {variant.name} seed {seed} epoch {rec.epoch}/{budget.epochs}: loss {rec.train_loss:.3f}, "
             f"train error {rec.train_error:.3f}, val top-1 error {top1:.3f} ({rec.seconds:.0f}s)")
