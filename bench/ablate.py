@@ -41,7 +41,7 @@ VARIANTS = [
 ]
 FIGURE1_ERROR = 0.25  # the paper's Figure 1: steps to 25% training error
 # (full, quick): the quick run is a smoke test of the whole path, not a measurement.
-DEFAULTS = {"epochs": (40, 2), "seeds": (4, 2), "train_per_class": (80, 10), "val_per_class": (100, 5),
+DEFAULTS = {"epochs": (30, 2), "seeds": (4, 2), "train_per_class": (80, 10), "val_per_class": (100, 5),
             "out": ("docs/ABLATIONS.md", "runs/ablation-quick/ABLATIONS.md"),
             "figures": ("docs/ablations", "runs/ablation-quick/figures"),
             "runs_dir": ("docs/ablations/runs", "runs/ablation-quick/runs")}
@@ -64,7 +64,7 @@ def get_args_parser():
       help="comma-separated subset, trained in this order; 'full' (the reference) is always run, first unless "
            "listed (default: all)")
     a("--no-figure1", action="store_true", help="skip the Figure 1 sweep (default: off)")
-    a("--epochs", type=int, default=None, help="epochs per run (default: 40; quick 2)")
+    a("--epochs", type=int, default=None, help="epochs per run (default: 30; quick 2)")
     a("--seeds", type=int, default=None, help="seeds per variant, 0..N-1, the same for every variant (default: 4; "
                                               "quick 2)")
     a("--train-per-class", type=int, default=None, help="training images per class, 10 classes (default: 80; quick 10)")
