@@ -54,7 +54,7 @@ def print_plan(args, results, todo):
     fig1 = sum(1 for v, _ in todo if v.stop_at)
     total = len(todo) * (args.epochs * epoch + extra)
     print(f"measured over {n} finished runs (medians; load average at their starts "
-          f"{', '.join(f'{x:.1f}' for x in sorted(set(round(v, 1) for v in loads)))}): "
+          f"{min(loads):.1f} to {max(loads):.1f}): "
           f"{1000 * per_train:.1f} ms per training image, {1000 * per_val:.1f} ms per validation image, {fixed:.1f} s "
           f"fixed per epoch (the pipelines' first batches), {extra:.0f} s per run besides its epochs")
     print(f"estimate: {epoch:.1f} s per epoch, {args.epochs * epoch / 60 + extra / 60:.1f} min per run; "
