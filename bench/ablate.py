@@ -1,12 +1,17 @@
 """Ablation of every technique the paper names, on the embedded shapes set: one command, docs/ABLATIONS.md + figures.
 
-    python bench/ablate.py              # the full run (69 min on 2 cores): 8 variants x 2 seeds
-    python bench/ablate.py --quick      # a smoke version (~2 min on 2 cores): tiny set, 2 epochs, 1 seed, every variant
+    python bench/ablate.py --plan         # what is left to train and how long it should take (trains nothing)
+    python bench/ablate.py                # the full run: 8 variants + the Figure 1 sweep, 4 seeds each
+    python bench/ablate.py --report-only  # docs/ABLATIONS.md from the runs committed in docs/ablations/runs/
+    python bench/ablate.py --quick        # a smoke version (a few minutes on 2 cores): tiny set, 2 epochs, 2 seeds
 
 Each variant is the full recipe with one switch changed (tanh; no LRN; pooling z=2, s=2; no dropout; no crops/flips;
 no PCA lighting; no weight decay), trained with the same seeds and budget, single-process on the DALI CPU loader,
-with the step and evaluation of cluster/loop.py. Finished runs are kept as JSON in --runs-dir and reused when the
-settings match, so an interrupted run continues where it stopped (--fresh starts over).
+with the step and evaluation of cluster/loop.py. The learning-rate rule: every ablation variant at the reference's
+rate (--lr); Figure 1 (ReLU vs tanh, no dropout, no weight decay, no augmentation, as the paper ran it) sweeps
+--fig1-lr-factors x --lr for each activation and shows each at its best. Each finished run is a small JSON in
+--runs-dir (per-image results, the commit it ran at), reused when the settings match: an interrupted run, or one
+on another machine, continues where it stopped (--fresh starts over).
 """
 import argparse
 import dataclasses
@@ -18,6 +23,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from bench.ablation_plan import print_plan  # noqa: E402
 from bench.ablation_report import ReportContext, write_report  # noqa: E402
 from bench.ablation_train import Budget, RunResult, Variant, train_variant  # noqa: E402
 from pipeline import build_shards  # noqa: E402
@@ -25,9 +31,7 @@ from pipeline import manifest as mf  # noqa: E402
 
 VARIANTS = [
     Variant("full", "full recipe"),
-    # The paper chose each activation's learning rate for speed (Fig. 1); at the budget's 0.01 tanh diverged here,
-    # at 0.002 it trained (docs/BENCHMARKS.md, "The shapes ablation set").
-    Variant("tanh", "tanh instead of ReLU (lr 0.002)", activation="tanh", lr=0.002),
+    Variant("tanh", "tanh instead of ReLU", activation="tanh"),
     Variant("no_lrn", "no LRN", lrn=False),
     Variant("no_overlap", "pooling z=2, s=2 (no overlap)", overlapping_pool=False),
     Variant("no_dropout", "no dropout", dropout=0.0),
@@ -35,13 +39,12 @@ VARIANTS = [
     Variant("no_lighting", "no PCA lighting", lighting=0.0),
     Variant("no_wd", "no weight decay", wd=0.0),
 ]
+FIGURE1_ERROR = 0.25  # the paper's Figure 1: steps to 25% training error
 # (full, quick): the quick run is a smoke test of the whole path, not a measurement.
-DEFAULTS = {"epochs": (24, 2), "seeds": (2, 1), "train_per_class": (80, 10), "val_per_class": (50, 5),
-            "data": ("data/shapes-128", "data/shapes-quick"),
+DEFAULTS = {"epochs": (30, 2), "seeds": (4, 2), "train_per_class": (80, 10), "val_per_class": (100, 5),
             "out": ("docs/ABLATIONS.md", "runs/ablation-quick/ABLATIONS.md"),
             "figures": ("docs/ablations", "runs/ablation-quick/figures"),
-            "runs_dir": ("runs/ablation", "runs/ablation-quick/runs")}
-SIZE = 128  # shards at the loader's resize for crop 112 (round(112 * 256 / 224)), so it never resizes
+            "runs_dir": ("docs/ablations/runs", "runs/ablation-quick/runs")}
 
 
 class AblateError(Exception):
@@ -51,31 +54,55 @@ class AblateError(Exception):
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
-    a("--quick", action="store_true", help="the smoke version (~2 min on 2 cores); changes the defaults marked 'quick' "
-                                           "(default: off)")
+    a("--quick", action="store_true", help="the smoke version (a few minutes on 2 cores); changes the defaults marked "
+                                           "'quick' (default: off)")
+    a("--plan", action="store_true", help="print what is left to train and its estimated time, from the measured "
+                                          "per-image costs of finished runs; train nothing (default: off)")
+    a("--report-only", action="store_true", help="write the report from the runs in --runs-dir alone: no data, no "
+                                                 "training; fails naming the runs that are missing (default: off)")
     a("--variants", default=",".join(v.name for v in VARIANTS),
       help="comma-separated subset, trained in this order; 'full' (the reference) is always run, first unless "
            "listed (default: all)")
-    a("--epochs", type=int, default=None, help="epochs per run (default: 24; quick 2)")
-    a("--seeds", type=int, default=None, help="seeds per variant, 0..N-1 (default: 2; quick 1)")
+    a("--no-figure1", action="store_true", help="skip the Figure 1 sweep (default: off)")
+    a("--epochs", type=int, default=None, help="epochs per run (default: 30; quick 2)")
+    a("--seeds", type=int, default=None, help="seeds per variant, 0..N-1, the same for every variant (default: 4; "
+                                              "quick 2)")
     a("--train-per-class", type=int, default=None, help="training images per class, 10 classes (default: 80; quick 10)")
-    a("--val-per-class", type=int, default=None, help="validation images per class (default: 50; quick 5)")
+    a("--val-per-class", type=int, default=None, help="validation images per class (default: 100; quick 5)")
+    a("--crop", type=int, default=64, help="training and evaluation crop; the shards are built at round(crop * 256 / "
+                                           "224) so the loader never resizes (default: 64)")
     a("-b", "--batch-size", type=int, default=32, help="batch size (default: 32)")
-    a("--lr", type=float, default=0.01, help="learning rate (default: 0.01)")
+    a("--lr", type=float, default=Budget.lr, help=f"the reference's learning rate, every ablation variant's "
+                                                  f"(default: {Budget.lr})")
+    a("--fig1-lr-factors", default="0.2,0.5,1", help="Figure 1's sweep: these multiples of --lr for both ReLU and "
+                                                     "tanh, each shown at its best (default: 0.2,0.5,1)")
     a("--lr-decay-epoch", type=int, default=None,
       help="lr / 10 from this epoch on, 0 never (default: 0.85 x --epochs, rounded)")
     a("-j", "--threads", type=int, default=2, help="torch and DALI threads (default: 2)")
     a("--data", type=Path, default=None,
-      help="shapes shards at --size 128; built there if missing (default: data/shapes-128; quick data/shapes-quick)")
+      help="shapes shards for these settings; built there if missing (default: data/shapes-SIZE; quick "
+           "data/shapes-quick-SIZE)")
     a("--out", type=Path, default=None,
       help="the markdown report (default: docs/ABLATIONS.md; quick runs/ablation-quick/ABLATIONS.md)")
     a("--figures", type=Path, default=None,
       help="folder for the figures (default: docs/ablations; quick runs/ablation-quick/figures)")
     a("--runs-dir", type=Path, default=None,
-      help="one JSON per finished run, reused when settings match (default: runs/ablation; quick "
-           "runs/ablation-quick/runs)")
+      help="one JSON per finished run, reused when settings match; committed for the full run (default: "
+           "docs/ablations/runs; quick runs/ablation-quick/runs)")
     a("--fresh", action="store_true", help="ignore finished runs in --runs-dir (default: off)")
     return p
+
+
+def figure1_variants(args):
+    """The paper's Figure 1 setting (no dropout, no weight decay, no augmentation) for ReLU and tanh at each rate of
+    the sweep; each stops at 25% training error, the point the figure measures."""
+    out = []
+    for act in ("relu", "tanh"):
+        for f in args.fig1_lr_factors:
+            lr = float(f"{f * args.lr:.6g}")
+            out.append(Variant(f"fig1_{act}_lr{lr:g}", f"Figure 1: {act}, lr {lr:g}", activation=act, dropout=0.0,
+                               crop_flip=False, lighting=0.0, wd=0.0, lr=lr, stop_at=FIGURE1_ERROR))
+    return out
 
 
 def resolve(args):
@@ -83,16 +110,24 @@ def resolve(args):
         if getattr(args, key) is None:
             value = quick if args.quick else full
             setattr(args, key, Path(value) if isinstance(value, str) else value)
+    args.size = round(args.crop * 256 / 224)
+    if args.data is None:
+        args.data = Path(f"data/shapes-quick-{args.size}" if args.quick else f"data/shapes-{args.size}")
     if args.lr_decay_epoch is None:
-        # Late: on this set the full recipe is still on the steep part of its curve at 3/4 of 24 epochs, and a decay
-        # there would freeze it (docs/BENCHMARKS.md, "The shapes ablation set").
+        # Late: a decay while the reference is still on the steep part of its curve would freeze it.
         args.lr_decay_epoch = max(1, round(0.85 * args.epochs)) if args.epochs > 2 else 0
-    for flag in ("epochs", "seeds", "train_per_class", "val_per_class", "batch_size", "threads"):
+    for flag in ("epochs", "seeds", "train_per_class", "val_per_class", "batch_size", "threads", "crop"):
         if getattr(args, flag) < 1:
             raise AblateError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if not 0 <= args.lr_decay_epoch < args.epochs:
         raise AblateError(f"--lr-decay-epoch must be 0 (never) or below --epochs {args.epochs}, got "
                           f"{args.lr_decay_epoch}")
+    try:
+        args.fig1_lr_factors = [float(f) for f in args.fig1_lr_factors.split(",") if f.strip()]
+    except ValueError:
+        raise AblateError(f"--fig1-lr-factors: not a list of numbers: {args.fig1_lr_factors!r}") from None
+    if not args.fig1_lr_factors or min(args.fig1_lr_factors) <= 0:
+        raise AblateError("--fig1-lr-factors: give one or more positive multiples of --lr, e.g. 0.2,0.5,1")
     known = {v.name: v for v in VARIANTS}
     wanted = [n.strip() for n in args.variants.split(",") if n.strip()]
     unknown = [n for n in wanted if n not in known]
@@ -102,16 +137,22 @@ def resolve(args):
     # Trained in the order given, the reference first unless listed (listing it last lets a second process, started
     # beside the first on a bigger machine, reuse the first one's reference runs); reported with the reference first.
     train_order = [known[n] for n in (wanted if "full" in wanted else ["full", *wanted])]
-    return [known["full"]] + [v for v in train_order if v.name != "full"], train_order
+    fig1 = [] if args.no_figure1 else figure1_variants(args)
+    return [known["full"]] + [v for v in train_order if v.name != "full"], train_order + fig1, fig1
+
+
+def data_key(args):
+    """What identifies the shapes set (its generator is seeded): the build settings, not the shards' bytes."""
+    return {"demo_set": "shapes", "size": args.size, "demo_train_per_class": args.train_per_class,
+            "demo_val_per_class": args.val_per_class}
 
 
 def ensure_data(args):
     """The shapes shards for these settings: built if missing, refused if the folder holds something else."""
-    want = {"demo_set": "shapes", "size": SIZE, "demo_train_per_class": args.train_per_class,
-            "demo_val_per_class": args.val_per_class}
+    want = data_key(args)
     if not mf.manifest_path(args.data).is_file():
         print(f"building the shapes set in {args.data}")
-        cfg = build_shards.BuildConfig(demo_set="shapes", size=SIZE, out=args.data, jobs=args.threads,
+        cfg = build_shards.BuildConfig(demo_set="shapes", size=args.size, out=args.data, jobs=args.threads,
                                        demo_train_per_class=args.train_per_class,
                                        demo_val_per_class=args.val_per_class)
         try:
@@ -129,24 +170,45 @@ def ensure_data(args):
     return man
 
 
-def run_all(args, variants, budget, data_fingerprint):
+def run_key(variant, budget, args):
+    return {"variant": dataclasses.asdict(variant), "budget": dataclasses.asdict(budget), "data": data_key(args)}
+
+
+def run_path(args, variant, seed):
+    return args.runs_dir / f"{variant.name}-seed{seed}.json"
+
+
+def load_finished(args, variants, budget):
+    """({variant name: [RunResult per seed]} of the runs --runs-dir holds for these settings, [(variant, seed)] the
+    ones it does not)."""
+    results, todo = {}, []
+    for v in variants:
+        for seed in range(args.seeds):
+            path = run_path(args, v, seed)
+            saved = _load_run(path, run_key(v, budget, args)) if path.is_file() and not args.fresh else None
+            if saved is None:
+                todo.append((v, seed))
+            else:
+                results.setdefault(v.name, []).append(saved)
+    return results, todo
+
+
+def run_all(args, variants, budget, fingerprint):
     """{variant name: [RunResult per seed]}, training what --runs-dir does not already hold."""
     args.runs_dir.mkdir(parents=True, exist_ok=True)
-    results, todo = {}, [(v, s) for v in variants for s in range(args.seeds)]
+    results, todo = load_finished(args, variants, budget)
+    print(f"{sum(map(len, results.values()))} finished runs reused from {args.runs_dir}, {len(todo)} to train")
     for k, (variant, seed) in enumerate(todo, 1):
-        path = args.runs_dir / f"{variant.name}-seed{seed}.json"
-        key = {"variant": dataclasses.asdict(variant), "budget": dataclasses.asdict(budget), "data": data_fingerprint}
-        saved = _load_run(path, key) if path.is_file() and not args.fresh else None
-        if saved is not None:
-            print(f"[{k}/{len(todo)}] {variant.name} seed {seed}: reusing {path}")
-            results.setdefault(variant.name, []).append(saved)
-            continue
         print(f"[{k}/{len(todo)}] {variant.name} seed {seed}: training ({variant.label})", flush=True)
         result = train_variant(variant, budget, args.data, seed, log=lambda m: print(m, flush=True))
+        path = run_path(args, variant, seed)
         tmp = path.with_suffix(".tmp")  # written whole, then renamed: a kill never leaves half a file
-        tmp.write_text(json.dumps({"key": key, "result": result.to_json()}, indent=1) + "\n")
+        record = {"key": run_key(variant, budget, args), "val_shards_sha256": fingerprint, "result": result.to_json()}
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
         tmp.replace(path)
         results.setdefault(variant.name, []).append(result)
+    for runs in results.values():
+        runs.sort(key=lambda r: r.seed)  # paired by seed in the report
     return results
 
 
@@ -155,62 +217,49 @@ def _load_run(path, key):
     try:
         saved = json.loads(path.read_text())
         if saved.get("key") != key:
-            print(f"{path}: trained with other settings, training it again")
+            print(f"{path}: trained with other settings, not reused")
             return None
-        return RunResult.from_json(saved["result"])
+        result = RunResult.from_json(saved["result"])
+        if not result.val_correct:
+            print(f"{path}: has no per-image results (made before they were recorded), not reused")
+            return None
+        return result
     except (ValueError, KeyError, TypeError) as e:
-        print(f"{path}: unreadable ({type(e).__name__}: {e}), training it again")
+        print(f"{path}: unreadable ({type(e).__name__}: {e}), not reused")
         return None
-
-
-RULE = ("**Verdict rule.** Δ = mean over seeds of the variant minus the full recipe, on the measure the claim is "
-        "about (validation top-1 error; for the two overfitting claims the train-val gap). It counts only when "
-        "|Δ| > 2 standard errors, the standard error being the larger of the seeds' (sample std / sqrt(seeds), "
-        "both arms) and the binomial error of a finite validation set; in the paper's direction that is "
-        "**reproduced**, against it **contradicted**, otherwise **not visible at this scale**. ReLU vs tanh: "
-        "reproduced when ReLU reaches 25% training error at least 2x sooner (the paper says 'several times'), "
-        "contradicted when not sooner.")
 
 
 def main(argv=None):
     command = sys.argv[1:] if argv is None else list(argv)
     args = get_args_parser().parse_args(command)
     try:
-        variants, train_order = resolve(args)
-        man = ensure_data(args)
+        variants, train_order, fig1 = resolve(args)
+        budget = Budget(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                        lr_decay_epoch=args.lr_decay_epoch, crop=args.crop, threads=args.threads)
+        if args.plan:
+            print_plan(args, *load_finished(args, train_order, budget))
+            return 0
+        if args.report_only:
+            results, todo = load_finished(args, train_order, budget)
+            if todo:
+                raise AblateError(f"--report-only: {len(todo)} runs missing from {args.runs_dir}, e.g. "
+                                  f"{', '.join(run_path(args, v, s).name for v, s in todo[:4])}: train them "
+                                  "(the same command without --report-only), or pass the settings they ran with.")
+            fingerprint = None
+        else:
+            man = ensure_data(args)
+            fingerprint = [s["sha256"] for s in man["splits"]["val"]["shards"]]
     except (AblateError, mf.ManifestError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    budget = Budget(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_decay_epoch=args.lr_decay_epoch,
-                    threads=args.threads)
-    fingerprint = [s["sha256"] for split in ("train", "val") for s in man["splits"][split]["shards"]]
     start = time.time()
-    results = run_all(args, train_order, budget, fingerprint)
+    if not args.report_only:
+        results = run_all(args, train_order, budget, fingerprint)
     minutes = (time.time() - start) / 60
-    n_train, n_val = (man["splits"][s]["num_samples"] for s in ("train", "val"))
-    steps = results["full"][0].steps_per_epoch
-    header = (f"# Ablations: the paper's techniques, one at a time\n\n"
-              f"Made by `{' '.join(['python bench/ablate.py', *command])}` on the embedded shapes set "
-              f"({n_train} training and {n_val} validation images, 10 classes, chance = 90% error). "
-              f"{len(variants)} variants x {args.seeds} seed(s), {args.epochs} epochs each ({steps} steps of "
-              f"{args.batch_size}), lr {args.lr:g}"
-              + (f" / 10 from epoch {args.lr_decay_epoch + 1}" if args.lr_decay_epoch else "")
-              + ", momentum 0.9, Kaiming (fan-out) init, the paper's inputs (0-255 minus the mean), weight decay on "
-              "weights only, crop 112 of 128; errors are top-1, in %, mean ± sample std over "
-              "seeds, after the last epoch.")
-    total = sum(r.seconds for runs in results.values() for r in runs) / 60
-    footer = (f"Training time of all {sum(map(len, results.values()))} runs: {total:.0f} min (trained in this "
-              f"invocation: {minutes:.0f} min). Final train error: clean (centre crop, dropout off, every training "
-              "image once); the curves' training error is measured on the batches as trained (augmented, with "
-              "dropout), as in the paper's Figure 1.\n\nWhat differs from the paper besides the scale: crop 112 with "
-              "an adaptive 6x6 pool before fc6, so the no-overlap row also changes pool5 from 2x2 to 3x3 (both are "
-              "6x6 at 224) and gives fc6 more spatial detail; Kaiming (fan-out) convolutions instead of N(0, 0.01), "
-              "whose logits hardly depend on the image at the start (bench/init_check.py); tanh at its own lr "
-              "(above); 10 classes of shapes, not 1000 of photographs.")
-    context = ReportContext(header=header, rule=RULE, footer=footer, epochs=args.epochs, val_images=n_val,
-                            train_images=n_train, steps_per_epoch=steps)
-    summaries = write_report(args.out, args.figures, variants, results, context=context)
-    print(f"wrote {args.out} and {args.figures}/ ({len(summaries)} variants, {minutes:.1f} min)")
+    context = ReportContext(command="python bench/ablate.py " + " ".join(command), budget=budget, seeds=args.seeds,
+                            fig1=fig1, figure1_error=FIGURE1_ERROR, minutes=minutes)
+    write_report(args.out, args.figures, variants, results, context=context)
+    print(f"wrote {args.out} and {args.figures}/ ({minutes:.1f} min)")
     print(args.out.read_text())
     return 0
 

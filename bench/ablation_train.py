@@ -5,6 +5,9 @@ The variants switch one technique off at a time (model/alexnet.py's activation, 
 loader's crop_flip and lighting; the optimizer's weight decay); everything else, seeds included, stays equal.
 """
 import dataclasses
+import math
+import os
+import subprocess
 import time
 from dataclasses import dataclass, field
 
@@ -27,7 +30,8 @@ class Variant:
     crop_flip: bool = True  # random crop + horizontal flip (the paper's translations and reflections)
     lighting: float = 0.1  # PCA lighting noise strength; 0 turns it off
     wd: float = 5e-4
-    lr: float = 0.0  # its own peak learning rate; 0: the budget's (every variant but tanh, see bench/ablate.py)
+    lr: float = 0.0  # its own peak learning rate; 0: the budget's (bench/ablate.py's lr rule sets it for Figure 1)
+    stop_at: float = 0.0  # stop once the training error (as trained) is at or below this; 0: train the whole budget
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,9 @@ class EpochRecord:
     val_top5_error: float
     lr: float
     seconds: float  # wall time of the epoch's training and validation
+    train_seconds: float = 0.0  # of which training (bench/ablate.py --plan scales these to the full run)
+    train_first_batch_seconds: float = 0.0  # of which set_epoch and the first batch: the pipeline build, a fixed cost
+    val_first_batch_seconds: float = 0.0  # the same for the validation pass
 
 
 @dataclass
@@ -65,6 +72,13 @@ class RunResult:
     history: list = field(default_factory=list)  # [EpochRecord]
     final_train_error: float = float("nan")  # clean: centre crop, dropout off, every training image once
     seconds: float = 0.0
+    # Per image after the last epoch, '1' correct (top-1) / '0' wrong, by sample index: the paired tests compare
+    # variants on the same images (bench/ablation_report.py).
+    val_correct: str = ""
+    train_correct: str = ""  # clean, as final_train_error
+    diverged: bool = False  # the loss went non-finite: stopped there, errors as measured then
+    commit: str = ""  # the repository's commit the run was made at ('+dirty' when the tree had changes)
+    load_average: float = float("nan")  # the machine's 1-minute load at the start: its timings are read beside it
 
     @property
     def final_val_error(self):
@@ -92,6 +106,49 @@ class OneDecay:
         return peak * (0.1 if self.at and epoch >= self.at else 1.0)
 
 
+class FirstBatchTimer:
+    """A loader that notes how long its first batch took (the epoch's DALI pipeline build and index parse, which do
+    not grow with the set), so --plan can tell a fixed per-epoch cost from a per-image one."""
+
+    def __init__(self, loader):
+        self.loader, self.first, self.setup = loader, 0.0, 0.0
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        t0 = time.time()
+        for k, batch in enumerate(self.loader):
+            if k == 0:
+                self.first = time.time() - t0
+            yield batch
+
+
+def per_image_correct(model, loader):
+    """Top-1 correctness of every image of `loader` as a '0'/'1' string indexed by sample index (the loader's third
+    output). cluster.loop.evaluate gives only the totals; this pass is one more forward over a small set."""
+    model.eval()
+    hits = {}
+    with torch.no_grad():
+        for images, labels, idx in loader:
+            right = model(images).argmax(1) == labels
+            hits.update(zip(idx.tolist(), right.tolist()))
+    if sorted(hits) != list(range(len(hits))):
+        raise RuntimeError(f"{loader.split}: sample indexes are not 0..{len(hits) - 1}; per-image results need them")
+    return "".join("1" if hits[i] else "0" for i in range(len(hits)))
+
+
+def current_commit():
+    """HEAD's hash, '+dirty' when the work tree differs from it; '' outside a git checkout."""
+    def git(*a):
+        return subprocess.run(["git", *a], capture_output=True, text=True, timeout=30).stdout.strip()
+    try:
+        head = git("rev-parse", "HEAD")
+        return head + ("+dirty" if head and git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
 def build_model(variant, budget, num_classes):
     # The split form on one device, as a CPU worker of the cluster runs it.
     model = AlexNet(num_classes, activation=variant.activation, lrn=variant.lrn,
@@ -112,20 +169,30 @@ def train_variant(variant, budget, data_dir, seed, *, log=print):
     lr = variant.lr or budget.lr
     opt = make_optimizer(model, lr, budget.momentum, variant.wd, decay_biases=budget.decay_biases)
     schedule = OneDecay(budget.lr_decay_epoch)
-    result = RunResult(variant.name, seed, dataclasses.asdict(budget), len(train_loader))
+    result = RunResult(variant.name, seed, dataclasses.asdict(budget), len(train_loader), commit=current_commit(),
+                       load_average=os.getloadavg()[0])
     start = time.time()
     for epoch in range(budget.epochs):
         t0 = time.time()
-        train_loader.set_epoch(epoch)
-        m = train_one_epoch(model, opt, train_loader, epoch=epoch, schedule=schedule, peak_lr=lr,
+        train_loader.set_epoch(epoch)  # builds the epoch's pipeline and its first batch: part of the fixed cost
+        timed_train, timed_val = FirstBatchTimer(train_loader), FirstBatchTimer(val_loader)
+        timed_train.setup = time.time() - t0
+        m = train_one_epoch(model, opt, timed_train, epoch=epoch, schedule=schedule, peak_lr=lr,
                             device=device, epochs=budget.epochs)
-        top1, top5, _ = evaluate(model, val_loader, device)
+        t_train = time.time() - t0
+        top1, top5, _ = evaluate(model, timed_val, device)
         rec = EpochRecord(epoch + 1, m["train_loss"], m["train_top1_error"], top1, top5,
-                          schedule.lr(lr, epoch), time.time() - t0)
+                          schedule.lr(lr, epoch), time.time() - t0, t_train, timed_train.setup + timed_train.first,
+                          timed_val.first)
         result.history.append(rec)
         log(f"  {variant.name} seed {seed} epoch {rec.epoch}/{budget.epochs}: loss {rec.train_loss:.3f}, "
             f"train error {rec.train_error:.3f}, val top-1 error {top1:.3f} ({rec.seconds:.0f}s)")
+        result.diverged = not math.isfinite(rec.train_loss)
+        if result.diverged or (variant.stop_at and rec.train_error <= variant.stop_at):
+            break  # a diverged run learns nothing more; a Figure 1 run has measured what it is for
     clean_train = make_loader(data_dir, "train", budget.batch_size, train=False, **common)
     result.final_train_error = evaluate(model, clean_train, device)[0]
+    result.val_correct = per_image_correct(model, val_loader)
+    result.train_correct = per_image_correct(model, clean_train)
     result.seconds = time.time() - start
     return result

@@ -6,94 +6,100 @@ import pytest
 import torch
 
 from bench import ablate
-from bench.ablation_report import CLAIMS, ReportContext, Summary, still_improving, summarise, verdict, write_report
-from bench.ablation_train import EpochRecord, RunResult
-from pipeline import manifest as mf
+from bench.ablation_report import ReportContext, claim_tests, convergence, figure1, write_report
+from bench.ablation_stats import mcnemar_exact
+from bench.ablation_train import Budget, EpochRecord, RunResult
 from pipeline.loader import make_loader
 
 
-def summary(name, val, train=None, to25=None, val_images=500):
-    n = len(val)
-    return Summary(name, name, n, list(val), list(train or [0.0] * n), list(to25 or [1] * n), [1.0] * n, val_images,
-                   800)
+def bits(n, wrong):
+    return "".join("0" if i in wrong else "1" for i in range(n))
 
 
-@pytest.mark.parametrize("val, expected", [
-    ([0.40, 0.41], "reproduced"),  # LRN off: error clearly up, as the paper says
-    ([0.20, 0.21], "contradicted"),  # clearly down
-    ([0.305, 0.31], "not visible at this scale"),  # within noise
-])
-def test_verdict_on_validation_error(val, expected):
-    full = summary("full", [0.30, 0.30])
-    assert verdict(CLAIMS["no_lrn"], summary("no_lrn", val), full, epochs=30) == expected
+def run(name, seed, train_errors, val_errors, clean_train, *, val_wrong=(), train_wrong=(), n_val=500, n_train=800):
+    history = [EpochRecord(e + 1, 1.0, t, v, 0.0, 0.01, 1.0, 0.8)
+               for e, (t, v) in enumerate(zip(train_errors, val_errors))]
+    return RunResult(name, seed, {}, 25, history, clean_train, 60.0, bits(n_val, set(val_wrong)),
+                     bits(n_train, set(train_wrong)))
 
 
-def test_verdict_needs_more_than_the_validation_sets_own_noise():
-    # Two seeds that agree exactly have no spread; 2 points on 100 images is still inside the binomial noise.
-    full = summary("full", [0.30, 0.30], val_images=100)
-    assert verdict(CLAIMS["no_lrn"], summary("no_lrn", [0.32, 0.32], val_images=100), full, 30) == \
-        "not visible at this scale"
-    full = summary("full", [0.30, 0.30], val_images=20000)
-    assert verdict(CLAIMS["no_lrn"], summary("no_lrn", [0.32, 0.32], val_images=20000), full, 30) == "reproduced"
+def context(seeds=2, fig1=(), epochs=3):
+    return ReportContext(command="python bench/ablate.py", budget=Budget(epochs=epochs, crop=64), seeds=seeds,
+                         fig1=list(fig1), figure1_error=0.25, minutes=0.0)
 
 
-def test_verdict_on_overfitting_uses_the_train_val_gap():
-    full = summary("full", [0.30, 0.30], train=[0.25, 0.25])
-    overfit = summary("no_dropout", [0.30, 0.31], train=[0.0, 0.01])  # same val error, far larger gap
-    assert verdict(CLAIMS["no_dropout"], overfit, full, 30) == "reproduced"
+def variant(name):
+    return next(v for v in ablate.VARIANTS if v.name == name)
 
 
-@pytest.mark.parametrize("relu, tanh, expected", [
-    ([3, 4], [12, None], "reproduced"),  # tanh 4x slower or never
-    ([3, 4], [5, 5], "not visible at this scale"),  # faster, but not 'several times'
-    ([5, 5], [4, 5], "contradicted"),
-    ([None, None], [None, None], "not visible at this scale"),  # neither gets there
-    ([None, None], [5, 6], "contradicted"),  # only tanh gets there
-])
-def test_verdict_on_relu_speed(relu, tanh, expected):
-    full = summary("full", [0.3, 0.3], to25=relu)
-    assert verdict(CLAIMS["tanh"], summary("tanh", [0.3, 0.3], to25=tanh), full, epochs=20) == expected
+def test_verdicts_follow_the_holm_corrected_paired_test_alone():
+    """no_lrn: wrong on 30 more images per seed (of 500): reproduced. no_wd: right on 40 more training images:
+    contradicted. no_lighting and no_overlap: 3 more per seed, 6 vs 0 pooled, p = 0.031 each, which would pass
+    alone; Holm's third and fourth ranks multiply by 2 and 1, made non-decreasing: 0.0625 both, not visible."""
+    full = [run("full", s, [0.3], [0.3], 0.1, val_wrong=range(100), train_wrong=range(80)) for s in (0, 1)]
+    results = {"full": full,
+               "no_lrn": [run("no_lrn", s, [0.3], [0.3], 0.1, val_wrong=range(130), train_wrong=range(80))
+                          for s in (0, 1)],
+               "no_lighting": [run("no_lighting", s, [0.3], [0.3], 0.1, val_wrong=range(103), train_wrong=range(80))
+                               for s in (0, 1)],
+               "no_overlap": [run("no_overlap", s, [0.3], [0.3], 0.1, val_wrong=range(103), train_wrong=range(80))
+                              for s in (0, 1)],
+               "no_wd": [run("no_wd", s, [0.3], [0.3], 0.1, val_wrong=range(100), train_wrong=range(40))
+                         for s in (0, 1)]}
+    rows = claim_tests([variant(n) for n in results], results, context())
+    assert rows["no_lrn"].verdict == "reproduced" and rows["no_lrn"].test.effect == pytest.approx(30 / 500)
+    assert rows["no_lighting"].test.p == pytest.approx(mcnemar_exact(6, 0))  # 0.031: would pass alone
+    assert rows["no_lighting"].p_holm == pytest.approx(min(1, 2 * mcnemar_exact(6, 0)))
+    assert rows["no_overlap"].p_holm == rows["no_lighting"].p_holm
+    assert rows["no_lighting"].verdict == "not visible at this scale"  # ... not after Holm over 4 claims
+    assert rows["no_wd"].verdict == "contradicted"  # lower training error without weight decay
 
 
-def test_a_measured_zero_still_has_noise():
-    # Weight decay's claim is on the clean training error, often 0%: a 3-image difference of 800 is not an effect.
-    full = summary("full", [0.30, 0.30], train=[0.0, 0.0])
-    assert verdict(CLAIMS["no_wd"], summary("no_wd", [0.3, 0.3], train=[0.004, 0.004]), full, 30) == \
-        "not visible at this scale"
-
-
-def run(name, seed, train_errors, val_errors, clean_train):
-    history = [EpochRecord(e + 1, 1.0, t, v, 0.0, 0.01, 1.0) for e, (t, v) in enumerate(zip(train_errors, val_errors))]
-    return RunResult(name, seed, {}, 25, history, clean_train, 60.0)
+def test_speed_claim_is_tested_on_the_figure1_sweep_at_each_best_rate():
+    """No bypass: tanh's claim gets the same Holm-corrected rule, on steps to 25% at each activation's best rate."""
+    args = ablate.get_args_parser().parse_args(["--quick"])
+    args.fig1_lr_factors, args.lr = [0.5, 1.0], 0.01
+    fig1 = ablate.figure1_variants(args)
+    curves = {"relu": {0.005: [0.5, 0.2], 0.01: [0.2, 0.1]},  # best: 0.01, 25% after epoch 1
+              "tanh": {0.005: [0.6, 0.5, 0.4, 0.2], 0.01: [0.9, 0.9, 0.9, 0.9]}}  # best 0.005, after epoch 4
+    results = {"full": [run("full", s, [0.3], [0.3], 0.1) for s in range(4)],
+               "tanh": [run("tanh", s, [0.3], [0.3], 0.1) for s in range(4)]}
+    for v in fig1:
+        errs = curves[v.activation][v.lr]
+        results[v.name] = [run(v.name, s, errs[:len(errs) - (s % 2 and v.activation == "tanh")] + [0.2], errs, 0.1)
+                           for s in range(4)]
+    rows = claim_tests([variant("full"), variant("tanh")], results, context(seeds=4, fig1=fig1, epochs=5))
+    t = rows["tanh"].test
+    assert t.effect > 3 and rows["tanh"].verdict == "reproduced" and "t-test" in t.method
+    best, table_rows = figure1(results, fig1, 0.25, 5 * 25)
+    assert best["relu"][0].lr == 0.01 and best["tanh"][0].lr == 0.005 and len(table_rows) == 4
 
 
 def test_report_table_figures_and_links(tmp_path):
-    """write_report: a row per variant with mean ± spread and the effect with its noise, the Figure 1 line, and
+    """write_report: a row per variant with mean ± spread, the effect with its interval, MDE, p and Holm p, and
     figure links that work from the report's folder even when the figures live elsewhere."""
-    variants = [ablate.VARIANTS[0], ablate.VARIANTS[1], ablate.VARIANTS[4]]  # full, tanh, no dropout
-    results = {"full": [run("full", s, [0.8, 0.2, 0.1], [0.8, 0.21, 0.2 + s / 100], 0.05) for s in (0, 1)],
-               "tanh": [run("tanh", s, [0.9, 0.8, 0.7], [0.9, 0.8, 0.7], 0.6) for s in (0, 1)],
-               "no_dropout": [run("no_dropout", s, [0.7, 0.1, 0.0], [0.7, 0.3, 0.3], 0.0) for s in (0, 1)]}
-    context = ReportContext(header="# H", rule="RULE", footer="F", epochs=3, val_images=500, train_images=800,
-                            steps_per_epoch=25)
+    variants = [variant("full"), variant("no_dropout")]
+    results = {"full": [run("full", s, [0.8, 0.2, 0.1], [0.8, 0.21, 0.2 + s / 100], 0.05,
+                            val_wrong=range(100 + 5 * s), train_wrong=range(40)) for s in (0, 1)],
+               "no_dropout": [run("no_dropout", s, [0.7, 0.1, 0.0], [0.7, 0.3, 0.3], 0.0,
+                                  val_wrong=range(150), train_wrong=()) for s in (0, 1)]}
     out = tmp_path / "doc" / "A.md"
     out.parent.mkdir()
-    write_report(out, tmp_path / "figs", variants, results, context=context)
+    write_report(out, tmp_path / "figs", variants, results, context=context())
     text = out.read_text()
-    assert "| full recipe | 20.5 ± 0.7 | 5.0 ± 0.0 | 15.5 ± 0.7 | 2, 2 |" in text
-    assert "| tanh instead of ReLU (lr 0.002) | 70.0 ± 0.0 |" in text and ">1.5x the epochs" in text
-    no_dropout = next(line for line in text.splitlines() if line.startswith("| no dropout |"))
-    assert "+14.5 ± " in no_dropout and no_dropout.rstrip(" |").endswith("reproduced")
-    assert "ReLU 2, 2, tanh >3, >3" in text
-    assert "](../figs/curves.png)" in text and (tmp_path / "figs" / "figure1_relu_tanh.png").is_file()
-    assert "Read with care" not in text  # the reference's val error fell under a point over its last epoch
+    assert "| full recipe | 20.5 ± 0.7 | 5.0 ± 0.0 | 15.5 ± 0.7 | 0 | (the reference) |" in text
+    row = next(line for line in text.splitlines() if line.startswith("| no dropout |"))
+    assert "gap" in row and "paired bootstrap" in row and row.rstrip(" |").endswith("reproduced")
+    assert "](../figs/curves.png)" in text and (tmp_path / "figs" / "curves.png").is_file()
+    assert "**Crop 64**" in text and "0.0 points" not in text
 
 
-def test_report_warns_when_the_reference_is_still_learning():
+def test_convergence_is_checked_over_the_last_quarter():
     still = [run("full", s, [0.9, 0.8, 0.6, 0.5], [0.9, 0.8, 0.7, 0.5], 0.4) for s in (0, 1)]
-    assert "still falling at the end of the budget (20 points over the last 1 epochs" in still_improving(still, 4)
-    done = [run("full", s, [0.9, 0.3, 0.2, 0.2], [0.9, 0.3, 0.3, 0.29], 0.1) for s in (0, 1)]
-    assert still_improving(done, 4) == ""
+    text, ok = convergence(still, 4)
+    assert not ok and "moved by 20.0 points, **not converged**" in text
+    done = [run("full", s, [0.9, 0.3, 0.2, 0.2], [0.9, 0.3, 0.3, 0.295], 0.1) for s in (0, 1)]
+    assert convergence(done, 4)[1]
 
 
 @pytest.mark.parametrize("crop", [112, 224])  # the demo shards are at 256: resize-then-crop, and crop-on-decode
@@ -123,31 +129,37 @@ def test_bad_variant_name_is_a_clear_error(capsys):
 
 
 @pytest.mark.slow
-def test_quick_run_writes_the_report_and_reuses_finished_runs(tmp_path, capsys):
+def test_quick_run_writes_the_report_and_rebuilds_it_from_the_runs_alone(tmp_path, capsys):
     paths = ["--data", tmp_path / "data", "--out", tmp_path / "ABLATIONS.md", "--figures", tmp_path / "fig",
              "--runs-dir", tmp_path / "runs"]
-    argv = ["--quick", *map(str, paths)]
+    argv = ["--quick", "--variants", "full,tanh,no_dropout", "--fig1-lr-factors", "0.5,1", *map(str, paths)]
     assert ablate.main(argv) == 0
     text = (tmp_path / "ABLATIONS.md").read_text()
-    rows = {v.name: next(line for line in text.splitlines() if line.startswith(f"| {v.label} |"))
-            for v in ablate.VARIANTS}
-    assert rows["full"].endswith("| (the reference) |  |")
-    # each row's verdict is the rule's on the runs saved for it, against the full recipe's runs
-    man = mf.load(tmp_path / "data")
-    results = {v.name: [RunResult.from_json(json.loads(p.read_text())["result"])
-                        for p in sorted((tmp_path / "runs").glob(f"{v.name}-seed*.json"))] for v in ablate.VARIANTS}
-    sums = {s.name: s for s in summarise(ablate.VARIANTS, results, man["splits"]["val"]["num_samples"],
-                                         man["splits"]["train"]["num_samples"])}
-    epochs = len(results["full"][0].history)
-    for v in ablate.VARIANTS[1:]:
-        shown = rows[v.name].rstrip(" |").rsplit("|", 1)[-1].strip()
-        assert shown == verdict(CLAIMS[v.name], sums[v.name], sums["full"], epochs), v.name
+    # each verdict is the rule's on the runs saved for it: reload them and test again
+    variants, train_order, fig1 = ablate.resolve(ablate.get_args_parser().parse_args(argv))
+    results = {v.name: [RunResult.from_json(json.loads((tmp_path / "runs" / f"{v.name}-seed{s}.json").read_text())
+                                            ["result"]) for s in (0, 1)] for v in train_order}
+    rows = claim_tests(variants, results, context(seeds=2, fig1=fig1, epochs=2))
+    for v in variants[1:]:
+        line = next(line for line in text.splitlines() if line.startswith(f"| {v.label} |"))
+        assert line.rstrip(" |").rsplit("|", 1)[-1].strip() == rows[v.name].verdict, v.name
     for png in ("curves.png", "figure1_relu_tanh.png"):
         assert (tmp_path / "fig" / png).stat().st_size > 10_000
-    run = json.loads((tmp_path / "runs" / "tanh-seed0.json").read_text())["result"]
-    assert run["variant"] == "tanh" and len(run["history"]) == 2
+    saved = json.loads((tmp_path / "runs" / "tanh-seed0.json").read_text())
+    run = saved["result"]
+    assert run["variant"] == "tanh" and len(run["history"]) == 2 and run["commit"]
+    assert len(run["val_correct"]) == 50 and set(run["val_correct"]) <= {"0", "1"} and len(run["train_correct"]) == 100
+    assert 1 - run["val_correct"].count("1") / 50 == pytest.approx(run["history"][-1]["val_top1_error"])
     assert all(0 <= h["val_top1_error"] <= 1 and np.isfinite(h["train_loss"]) for h in run["history"])
+    # the report from the runs alone (no data): the same tables
+    (tmp_path / "data" / "manifest.json").unlink()
     capsys.readouterr()
-    assert ablate.main(argv + ["--variants", "full,no_lrn"]) == 0  # finished runs are reused, not retrained
+    assert ablate.main(argv + ["--report-only"]) == 0
+    assert ": training (" not in capsys.readouterr().out
+    tables = [line for line in text.splitlines() if line.startswith("|")]
+    assert [line for line in (tmp_path / "ABLATIONS.md").read_text().splitlines() if line.startswith("|")] == tables
+    assert ablate.main(argv + ["--plan"]) == 0
     out = capsys.readouterr().out
-    assert out.count("reusing") == 2 and ": training (" not in out
+    assert "0 to train" in out and "ms per training image" in out
+    assert ablate.main(argv + ["--report-only", "--seeds", "3"]) == 2  # a missing run is named, not trained
+    assert "runs missing" in capsys.readouterr().err
