@@ -14,6 +14,7 @@ import re
 import tarfile
 from pathlib import Path
 
+from pipeline.byte_ranges import RangeFile
 from pipeline.sources import SourceError
 
 TRAIN_TAR, VAL_TAR, DEVKIT = "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar", "ILSVRC2012_devkit_t12.tar.gz"
@@ -59,32 +60,16 @@ def read_member(name):
     return data
 
 
-class _Window(io.RawIOBase):
+class _Window(RangeFile):
     """Bytes [start, start + size) of an open file, as a file of its own: a class tar inside the train tar."""
 
     def __init__(self, f, start, size):
-        self.f, self.start, self.size, self.pos = f, start, size, 0
+        super().__init__(size)
+        self.f, self.start = f, start
 
-    def readable(self):
-        return True
-
-    def seekable(self):
-        return True
-
-    def readinto(self, b):
-        n = max(0, min(len(b), self.size - self.pos))
-        self.f.seek(self.start + self.pos)
-        data = self.f.read(n)
-        b[:len(data)] = data
-        self.pos += len(data)
-        return len(data)
-
-    def seek(self, pos, whence=io.SEEK_SET):
-        self.pos = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence] + pos
-        return self.pos
-
-    def tell(self):
-        return self.pos
+    def read_at(self, offset, n):
+        self.f.seek(self.start + offset)
+        return self.f.read(n)
 
 
 def _files(fileobj, size, where):

@@ -12,13 +12,13 @@
 }
 An unfinished build has "complete": false and a "progress" entry that --resume continues from.
 """
-import hashlib
 import json
 import os
 import tarfile
 from pathlib import Path
 
 from pipeline import object_store
+from pipeline.byte_ranges import sha256_file
 from pipeline.shard_writer import INDEX_VERSION
 
 FORMAT = "alexnet-webdataset"
@@ -101,14 +101,6 @@ def open_shard(tar):
     return open(tar, "rb")
 
 
-def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def check_shard(tar, idx, entry, *, deep=False):
     """Problems with one shard as a list of messages (empty: fine). deep=True also hashes and walks the tar."""
     problems = []
@@ -127,7 +119,7 @@ def check_shard(tar, idx, entry, *, deep=False):
     if len(head) != 2 or head[0] != INDEX_VERSION or head[1] != str(entry["num_samples"]):
         problems.append(f"{idx}: header {' '.join(head)!r}, expected '{INDEX_VERSION} {entry['num_samples']}'.")
     if deep:
-        if _sha256(tar) != entry["sha256"]:
+        if sha256_file(tar) != entry["sha256"]:
             problems.append(f"{tar}: sha256 differs from the manifest (corrupted).")
         else:
             try:

@@ -18,6 +18,8 @@ import os
 import urllib.parse
 from pathlib import Path
 
+from pipeline.byte_ranges import RangeFile, sha256_file
+
 STAGING = Path("data/staging")
 MAX_PUT = 5 * 2**30  # S3's limit for one PutObject, the call that carries a whole-object sha256
 CREDENTIALS_HELP = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or ~/.aws/credentials), and "
@@ -127,14 +129,6 @@ def open_for_upload(uri, *, resume):
     return None
 
 
-def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _remote(s3, uri, key):
     """(size, sha256 hex) of an object, or None where it is missing."""
     from botocore.exceptions import BotoCoreError, ClientError
@@ -165,7 +159,7 @@ def upload(staging, uri, manifest):
     sent = skipped = 0
     for n, (rel, sha) in enumerate(files, 1):
         path = Path(staging) / rel
-        want = (path.stat().st_size, sha or _sha256(path))
+        want = (path.stat().st_size, sha or sha256_file(path))
         if want[0] > MAX_PUT:
             raise ObjectStoreError(f"{path}: {want[0]} bytes, over the 5 GiB of one upload; rebuild with a smaller "
                                    "--shard-size (e.g. 1GB).")
@@ -237,37 +231,18 @@ def local_copy(uri):
     return where
 
 
-class _Ranges(io.RawIOBase):
+class _Ranges(RangeFile):
     """A stored object as a read-only seekable file, each read one ranged GET (wrapped in a BufferedReader, which
     turns small sequential reads into few requests)."""
 
     def __init__(self, uri):
         self.uri, (self.bucket, self.key) = uri, parse(uri)
-        self.s3, self.pos = client(), 0
-        self.size = _call(uri, self.s3.head_object, Bucket=self.bucket, Key=self.key)["ContentLength"]
+        self.s3 = client()
+        super().__init__(_call(uri, self.s3.head_object, Bucket=self.bucket, Key=self.key)["ContentLength"])
 
-    def readable(self):
-        return True
-
-    def seekable(self):
-        return True
-
-    def readinto(self, b):
-        n = min(len(b), self.size - self.pos)
-        if n <= 0:
-            return 0
-        rng = f"bytes={self.pos}-{self.pos + n - 1}"
-        data = _call(self.uri, self.s3.get_object, Bucket=self.bucket, Key=self.key, Range=rng)["Body"].read()
-        b[:len(data)] = data
-        self.pos += len(data)
-        return len(data)
-
-    def seek(self, pos, whence=io.SEEK_SET):
-        self.pos = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence] + pos
-        return self.pos
-
-    def tell(self):
-        return self.pos
+    def read_at(self, offset, n):
+        rng = f"bytes={offset}-{offset + n - 1}"
+        return _call(self.uri, self.s3.get_object, Bucket=self.bucket, Key=self.key, Range=rng)["Body"].read()
 
 
 def open_read(uri):
