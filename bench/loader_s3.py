@@ -27,8 +27,8 @@ from pipeline import manifest as mf  # noqa: E402
 from pipeline.loader import make_loader  # noqa: E402
 
 
-def start_moto():
-    """(server process, endpoint URL): moto on a free 127.0.0.1 port, with dummy credentials in this process."""
+def moto_server():
+    """(server process, endpoint URL): moto's S3 server on a free 127.0.0.1 port, answering (tests use it too)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -38,9 +38,16 @@ def start_moto():
     for _ in range(100):
         try:
             urllib.request.urlopen(url, timeout=1)
-            break
+            return server, url
         except OSError:
             time.sleep(0.1)
+    server.terminate()
+    raise RuntimeError(f"moto server on {url} did not answer within 10 s (is moto[server] installed?)")
+
+
+def start_moto():
+    """moto_server(), with dummy credentials for it in this process's environment."""
+    server, url = moto_server()
     os.environ.update(AWS_ENDPOINT_URL=url, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
                       AWS_REGION="us-east-1", AWS_DEFAULT_REGION="us-east-1")
     return server, url

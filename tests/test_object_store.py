@@ -3,14 +3,11 @@ server started on 127.0.0.1 by the test (credentials: moto's dummy ones, from th
 import collections
 import json
 import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from bench.loader_s3 import moto_server
 from cluster import launch, report
 from pipeline import build_shards as bs
 from pipeline import manifest as mf
@@ -33,19 +30,8 @@ def free_port():
 
 @pytest.fixture(scope="module")
 def endpoint():
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    server, url = moto_server()
     try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(url, timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            pytest.fail(f"moto server on {url} did not answer")
         yield url
     finally:
         server.terminate()
