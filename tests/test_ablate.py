@@ -100,6 +100,9 @@ def test_convergence_is_checked_over_the_last_quarter():
     assert not ok and "moved by 20.0 points, **not converged**" in text
     done = [run("full", s, [0.9, 0.3, 0.2, 0.2], [0.9, 0.3, 0.3, 0.295], 0.1) for s in (0, 1)]
     assert convergence(done, 4)[1]
+    at_chance = [run("full", s, [0.9] * 4, [0.91, 0.9, 0.9, 0.895], 0.9) for s in (0, 1)]
+    text, ok = convergence(at_chance, 4)
+    assert not ok and "within 10 points of chance" in text
 
 
 @pytest.mark.parametrize("crop", [112, 224])  # the demo shards are at 256: resize-then-crop, and crop-on-decode
