@@ -166,3 +166,19 @@ def test_quick_run_writes_the_report_and_rebuilds_it_from_the_runs_alone(tmp_pat
     assert "0 to train" in out and "ms per training image" in out
     assert ablate.main(argv + ["--report-only", "--seeds", "3"]) == 2  # a missing run is named, not trained
     assert "runs missing" in capsys.readouterr().err
+
+
+def test_finished_runs_are_reused_whatever_their_thread_count(tmp_path):
+    """A run trained with -j 1 (two processes side by side) is the same experiment for a -j 2 report; another lr is
+    not, and neither is a file that is not a run."""
+    args = ablate.get_args_parser().parse_args(["--quick", "--runs-dir", str(tmp_path)])
+    ablate.resolve(args)
+    full = ablate.VARIANTS[0]
+    one, two = Budget(epochs=2, threads=1), Budget(epochs=2, threads=2)
+    saved = run("full", 0, [0.3, 0.2], [0.3, 0.2], 0.1)
+    path = ablate.run_path(args, full, 0)
+    path.write_text(json.dumps({"key": ablate.run_key(full, one, args), "result": saved.to_json()}))
+    assert ablate._load_run(path, ablate.run_key(full, two, args)).final_val_error == 0.2
+    assert ablate._load_run(path, ablate.run_key(full, Budget(epochs=2, lr=0.01), args)) is None
+    path.write_text("{not json")
+    assert ablate._load_run(path, ablate.run_key(full, two, args)) is None
