@@ -212,9 +212,15 @@ def run_all(args, variants, budget, fingerprint):
     results, todo = load_finished(args, variants, budget)
     print(f"{sum(map(len, results.values()))} finished runs reused from {args.runs_dir}, {len(todo)} to train")
     for k, (variant, seed) in enumerate(todo, 1):
+        path = run_path(args, variant, seed)
+        # Another process sharing --runs-dir (bench/ablate.py -j 1 beside this one) may have trained it meanwhile.
+        done = _load_run(path, run_key(variant, budget, args)) if path.is_file() and not args.fresh else None
+        if done is not None:
+            print(f"[{k}/{len(todo)}] {variant.name} seed {seed}: finished meanwhile by another process, reused")
+            results.setdefault(variant.name, []).append(done)
+            continue
         print(f"[{k}/{len(todo)}] {variant.name} seed {seed}: training ({variant.label})", flush=True)
         result = train_variant(variant, budget, args.data, seed, log=lambda m: print(m, flush=True))
-        path = run_path(args, variant, seed)
         tmp = path.with_suffix(".tmp")  # written whole, then renamed: a kill never leaves half a file
         record = {"key": run_key(variant, budget, args), "val_shards_sha256": fingerprint, "result": result.to_json()}
         tmp.write_text(json.dumps(record, indent=1) + "\n")

@@ -182,3 +182,18 @@ def test_finished_runs_are_reused_whatever_their_thread_count(tmp_path):
     assert ablate._load_run(path, ablate.run_key(full, Budget(epochs=2, lr=0.01), args)) is None
     path.write_text("{not json")
     assert ablate._load_run(path, ablate.run_key(full, two, args)) is None
+
+
+def test_a_run_finished_by_another_process_is_not_trained_again(tmp_path, monkeypatch):
+    """Two processes share --runs-dir: a run that appeared after this one listed its work is reused, not retrained."""
+    args = ablate.get_args_parser().parse_args(["--quick", "--runs-dir", str(tmp_path)])
+    ablate.resolve(args)
+    full, budget = ablate.VARIANTS[0], Budget(epochs=2)
+    listed = ({}, [(full, 0)])  # what load_finished saw at the start: nothing finished
+    monkeypatch.setattr(ablate, "load_finished", lambda *a: listed)
+    monkeypatch.setattr(ablate, "train_variant", lambda *a, **k: pytest.fail("trained a finished run again"))
+    saved = run("full", 0, [0.3, 0.2], [0.3, 0.2], 0.1)
+    ablate.run_path(args, full, 0).write_text(json.dumps({"key": ablate.run_key(full, budget, args),
+                                                          "result": saved.to_json()}))
+    results = ablate.run_all(args, [full], budget, fingerprint=None)
+    assert [r.final_val_error for r in results["full"]] == [0.2]
