@@ -4,7 +4,8 @@ per seed, as measured numbers (docs/BENCHMARKS.md, "First steps").
     python bench/first_steps.py demo --seeds 3 --epochs 5     # the demo job's recipe in one process
     python bench/first_steps.py demo --launch --seeds 3       # the real job: cluster/launch.py --workers 4, timed
     python bench/first_steps.py shapes --seeds 3               # the ablation's budget on the shapes set
-    (the paper preset's first steps: python bench/init_check.py --preset paper --steps 100)
+    (the paper preset's first steps: python bench/init_check.py --preset paper --steps 100;
+     why the shapes set starts slowly: python bench/shapes_start.py)
 
 Targets (issue 17): demo: the training loss below ln 10 - 0.1 within 5 steps, val top-1 error <= 0.5 after epoch 1
 and <= 0.1 by epoch 5, the whole job <= 300 s on a quiet machine. shapes: leaves chance within 2 epochs of 25 steps.
