@@ -3,6 +3,7 @@
     python bench/ablate.py --plan         # what is left to train and how long it should take (trains nothing)
     python bench/ablate.py                # the full run: 8 variants + the Figure 1 sweep, 4 seeds each
     python bench/ablate.py --report-only  # docs/ABLATIONS.md from the runs committed in docs/ablations/runs/
+    python bench/ablate.py --report-only --partial   # ... from the variants finished so far, naming the rest
     python bench/ablate.py --quick        # a smoke version (a few minutes on 2 cores): tiny set, 2 epochs, 2 seeds
 
 Each variant is the full recipe with one switch changed (tanh; no LRN; pooling z=2, s=2; no dropout; no crops/flips;
@@ -64,6 +65,9 @@ def get_args_parser():
       help="comma-separated subset, trained in this order; 'full' (the reference) is always run, first unless "
            "listed (default: all)")
     a("--no-figure1", action="store_true", help="skip the Figure 1 sweep (default: off)")
+    a("--partial", action="store_true",
+      help="with --report-only: report the variants whose every seed has finished (the reference must have), and "
+           "list the rest as not yet trained (default: off: fail naming the missing runs)")
     a("--epochs", type=int, default=None, help="epochs per run (default: 30; quick 2)")
     a("--seeds", type=int, default=None, help="seeds per variant, 0..N-1, the same for every variant (default: 4; "
                                               "quick 2)")
@@ -248,6 +252,22 @@ def _load_run(path, key):
         return None
 
 
+def finished_only(args, variants, fig1, results, todo):
+    """--partial: (variants, fig1, results) cut to what has every seed finished, and what is left out, as text."""
+    missing = {v.name for v, _ in todo}
+    if "full" in missing:
+        raise AblateError(f"--partial: the reference ('full') has {len(results.get('full', []))} of {args.seeds} "
+                          "seeds finished; every row is tested against it, so train it first.")
+    left_out = [f"{v.label} ({len(results.get(v.name, []))} of {args.seeds} seeds)" for v in variants
+                if v.name in missing]
+    if any(v.name in missing for v in fig1):
+        done = sum(len(results.get(v.name, [])) for v in fig1)
+        left_out.append(f"the Figure 1 sweep ({done} of {len(fig1) * args.seeds} runs)")
+        fig1 = []
+    keep = [v for v in variants if v.name not in missing]
+    return keep, fig1, {n: r for n, r in results.items() if n not in missing}, left_out
+
+
 def main(argv=None):
     command = sys.argv[1:] if argv is None else list(argv)
     args = get_args_parser().parse_args(command)
@@ -258,9 +278,12 @@ def main(argv=None):
         if args.plan:
             print_plan(args, *load_finished(args, train_order, budget))
             return 0
+        not_trained = []
         if args.report_only:
             results, todo = load_finished(args, train_order, budget)
-            if todo:
+            if todo and args.partial:
+                variants, fig1, results, not_trained = finished_only(args, variants, fig1, results, todo)
+            elif todo:
                 raise AblateError(f"--report-only: {len(todo)} runs missing from {args.runs_dir}, e.g. "
                                   f"{', '.join(run_path(args, v, s).name for v, s in todo[:4])}: train them "
                                   "(the same command without --report-only), or pass the settings they ran with.")
@@ -276,7 +299,7 @@ def main(argv=None):
         results = run_all(args, train_order, budget, fingerprint)
     minutes = (time.time() - start) / 60
     context = ReportContext(command="python bench/ablate.py " + " ".join(command), budget=budget, seeds=args.seeds,
-                            fig1=fig1, figure1_error=FIGURE1_ERROR, minutes=minutes)
+                            fig1=fig1, figure1_error=FIGURE1_ERROR, minutes=minutes, not_trained=not_trained)
     write_report(args.out, args.figures, variants, results, context=context)
     print(f"wrote {args.out} and {args.figures}/ ({minutes:.1f} min)")
     print(args.out.read_text())

@@ -52,6 +52,7 @@ class ReportContext:
     fig1: list  # the Figure 1 sweep's Variants ([] when skipped)
     figure1_error: float
     minutes: float  # trained in this invocation
+    not_trained: list = dataclasses.field(default_factory=list)  # what --partial left out, as text
 
 
 @dataclass(frozen=True)
@@ -272,6 +273,10 @@ def write_report(path, figures_dir, variants, results, *, context):
             f"**Crop {b.crop}** of {round(b.crop * 256 / 224)} (the paper: 224 of 256), smaller to afford the seeds "
             "and a converged reference on 2 cores. Errors are top-1, in %, mean ± sample std over seeds, after the "
             "last epoch; clean train error: centre crop, dropout off, every training image once.\n\n")
+    if context.not_trained:
+        text += (f"**Not in this report**, not every seed trained yet: {'; '.join(context.not_trained)}. The same "
+                 "command without `--report-only --partial` trains them, resuming from the runs folder; Holm's "
+                 "correction below is over the claims reported here only.\n\n")
     text += convergence(full, b.epochs)[0] + "\n\n" + table(variants, results, rows) + "\n\n" + RULE + "\n\n"
     text += f"![training curves per variant]({rel}/curves.png)\n\n"
     if context.fig1:

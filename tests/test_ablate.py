@@ -197,3 +197,30 @@ def test_a_run_finished_by_another_process_is_not_trained_again(tmp_path, monkey
                                                           "result": saved.to_json()}))
     results = ablate.run_all(args, [full], budget, fingerprint=None)
     assert [r.final_val_error for r in results["full"]] == [0.2]
+
+
+def test_partial_report_names_what_is_not_trained(tmp_path, capsys):
+    """--report-only --partial: the variants with every seed finished are reported and tested, the rest listed with
+    their finished seeds; without the reference it refuses, naming it."""
+    runs_dir = tmp_path / "runs"
+    flags = ["--quick", "--no-figure1", "--runs-dir", str(runs_dir), "--out", str(tmp_path / "A.md"),
+             "--figures", str(tmp_path / "figs"), "--report-only", "--partial"]
+    args = ablate.get_args_parser().parse_args(flags)
+    ablate.resolve(args)
+    budget = Budget(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_decay_epoch=args.lr_decay_epoch,
+                    crop=args.crop, threads=args.threads)
+    runs_dir.mkdir()
+    assert ablate.main(flags) == 2 and "the reference ('full') has 0 of 2 seeds" in capsys.readouterr().err
+    known = {v.name: v for v in ablate.VARIANTS}
+    for name, seeds, wrong in [("full", (0, 1), 100), ("no_lrn", (0, 1), 140), ("tanh", (0,), 100)]:
+        for s in seeds:
+            r = run(name, s, [0.5, 0.3], [0.5, 0.3], 0.1, val_wrong=range(wrong))
+            ablate.run_path(args, known[name], s).write_text(json.dumps(
+                {"key": ablate.run_key(known[name], budget, args), "result": r.to_json()}))
+    assert ablate.main(flags) == 0
+    text = (tmp_path / "A.md").read_text()
+    assert "**Not in this report**" in text and "tanh instead of ReLU (1 of 2 seeds)" in text
+    assert "no dropout (0 of 2 seeds)" in text
+    row = next(line for line in text.splitlines() if line.startswith("| no LRN |"))
+    assert row.rstrip(" |").endswith("reproduced")  # 40 more wrong of 500 on both seeds, the only claim tested
+    assert not any(line.startswith("| tanh instead of ReLU |") for line in text.splitlines())
