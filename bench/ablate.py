@@ -15,8 +15,6 @@ rate (--lr); Figure 1 (ReLU vs tanh, no dropout, no weight decay, no augmentatio
 on another machine, continues where it stopped (--fresh starts over).
 """
 import argparse
-import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,7 +24,19 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 
 from bench.ablation_plan import print_plan  # noqa: E402
 from bench.ablation_report import ReportContext, write_report  # noqa: E402
-from bench.ablation_train import Budget, RunResult, Variant, train_variant  # noqa: E402
+from bench.ablation_runs import (  # noqa: E402
+    AblateError,
+    claim,
+    data_key,
+    finished_only,
+    load_finished,
+    load_run,
+    release,
+    run_key,
+    run_path,
+    save_run,
+)
+from bench.ablation_train import Budget, Variant, train_variant  # noqa: E402
 from pipeline import build_shards  # noqa: E402
 from pipeline import manifest as mf  # noqa: E402
 
@@ -48,10 +58,6 @@ DEFAULTS = {"epochs": (70, 2), "seeds": (4, 2), "train_per_class": (80, 10), "va
             "runs_dir": ("docs/ablations/runs", "runs/ablation-quick/runs")}
 
 
-class AblateError(Exception):
-    """Bad flags or data; the message says what to do."""
-
-
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
@@ -68,7 +74,7 @@ def get_args_parser():
     a("--partial", action="store_true",
       help="with --report-only: report the variants whose every seed has finished (the reference must have), and "
            "list the rest as not yet trained (default: off: fail naming the missing runs)")
-    a("--epochs", type=int, default=None, help="epochs per run (default: 30; quick 2)")
+    a("--epochs", type=int, default=None, help="epochs per run (default: 70; quick 2)")
     a("--seeds", type=int, default=None, help="seeds per variant, 0..N-1, the same for every variant (default: 4; "
                                               "quick 2)")
     a("--train-per-class", type=int, default=None, help="training images per class, 10 classes (default: 80; quick 10)")
@@ -124,6 +130,9 @@ def resolve(args):
         # chance near epoch 14, docs/BENCHMARKS.md), and the last quarter, where convergence is checked, is all after
         # the decay.
         args.lr_decay_epoch = max(1, round(0.75 * args.epochs)) if args.epochs > 2 else 0
+    if args.partial and not args.report_only:
+        raise AblateError("--partial only applies to --report-only (a report from what has finished); training "
+                          "always resumes from the finished runs")
     for flag in ("epochs", "seeds", "train_per_class", "val_per_class", "batch_size", "threads", "crop"):
         if getattr(args, flag) < 1:
             raise AblateError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
@@ -149,12 +158,6 @@ def resolve(args):
     return [known["full"]] + [v for v in train_order if v.name != "full"], train_order + fig1, fig1
 
 
-def data_key(args):
-    """What identifies the shapes set (its generator is seeded): the build settings, not the shards' bytes."""
-    return {"demo_set": "shapes", "size": args.size, "demo_train_per_class": args.train_per_class,
-            "demo_val_per_class": args.val_per_class}
-
-
 def ensure_data(args):
     """The shapes shards for these settings: built if missing, refused if the folder holds something else."""
     want = data_key(args)
@@ -178,94 +181,40 @@ def ensure_data(args):
     return man
 
 
-def run_key(variant, budget, args):
-    """What a finished run must match to be reused. Not the thread count: it changes the speed (and fp32's last
-    bits), not the experiment, so runs made with -j 1 beside each other serve a -j 2 report and the reverse."""
-    budget = {k: v for k, v in dataclasses.asdict(budget).items() if k != "threads"}
-    return {"variant": dataclasses.asdict(variant), "budget": budget, "data": data_key(args)}
-
-
-def _same_run(saved_key, key):
-    """saved_key (from a run's JSON, which may name its threads) describes the same run as key."""
-    budget = {k: v for k, v in saved_key.get("budget", {}).items() if k != "threads"}
-    return {**saved_key, "budget": budget} == key
-
-
-def run_path(args, variant, seed):
-    return args.runs_dir / f"{variant.name}-seed{seed}.json"
-
-
-def load_finished(args, variants, budget):
-    """({variant name: [RunResult per seed]} of the runs --runs-dir holds for these settings, [(variant, seed)] the
-    ones it does not)."""
-    results, todo = {}, []
-    for v in variants:
-        for seed in range(args.seeds):
-            path = run_path(args, v, seed)
-            saved = _load_run(path, run_key(v, budget, args)) if path.is_file() and not args.fresh else None
-            if saved is None:
-                todo.append((v, seed))
-            else:
-                results.setdefault(v.name, []).append(saved)
-    return results, todo
-
-
 def run_all(args, variants, budget, fingerprint):
-    """{variant name: [RunResult per seed]}, training what --runs-dir does not already hold."""
+    """{variant name: [RunResult per seed]}, training what --runs-dir does not already hold; None when another
+    process sharing --runs-dir is still training some of them (the last one to finish writes the report)."""
     args.runs_dir.mkdir(parents=True, exist_ok=True)
     results, todo = load_finished(args, variants, budget)
     print(f"{sum(map(len, results.values()))} finished runs reused from {args.runs_dir}, {len(todo)} to train")
+    others = []
     for k, (variant, seed) in enumerate(todo, 1):
-        path = run_path(args, variant, seed)
-        # Another process sharing --runs-dir (bench/ablate.py -j 1 beside this one) may have trained it meanwhile.
-        done = _load_run(path, run_key(variant, budget, args)) if path.is_file() and not args.fresh else None
-        if done is not None:
-            print(f"[{k}/{len(todo)}] {variant.name} seed {seed}: finished meanwhile by another process, reused")
-            results.setdefault(variant.name, []).append(done)
+        path, key = run_path(args, variant, seed), run_key(variant, budget, args)
+        if not claim(path):
+            print(f"[{k}/{len(todo)}] {variant.name} seed {seed}: being trained by another process "
+                  f"({path.with_suffix('.claim')}), skipped")
+            others.append((variant, seed))
             continue
-        print(f"[{k}/{len(todo)}] {variant.name} seed {seed}: training ({variant.label})", flush=True)
-        result = train_variant(variant, budget, args.data, seed, log=lambda m: print(m, flush=True))
-        tmp = path.with_suffix(".tmp")  # written whole, then renamed: a kill never leaves half a file
-        record = {"key": run_key(variant, budget, args), "val_shards_sha256": fingerprint, "result": result.to_json()}
-        tmp.write_text(json.dumps(record, indent=1) + "\n")
-        tmp.replace(path)
-        results.setdefault(variant.name, []).append(result)
+        try:
+            # Finished by another process since the list above was made: reuse it.
+            done = load_run(path, key, quiet=True) if path.is_file() and not args.fresh else None
+            if done is None:
+                print(f"[{k}/{len(todo)}] {variant.name} seed {seed}: training ({variant.label})", flush=True)
+                done = train_variant(variant, budget, args.data, seed, log=lambda m: print(m, flush=True))
+                save_run(path, {"key": key, "val_shards_sha256": fingerprint, "result": done.to_json()})
+            results.setdefault(variant.name, []).append(done)
+        finally:
+            release(path)
+    if others:
+        results, todo = load_finished(args, variants, budget)
+        if todo:
+            print(f"{len(todo)} runs are still being trained by other processes (e.g. {todo[0][0].name} seed "
+                  f"{todo[0][1]}): no report now; the last process to finish writes it, or run this command again "
+                  "with --report-only once they are done.")
+            return None
     for runs in results.values():
         runs.sort(key=lambda r: r.seed)  # paired by seed in the report
     return results
-
-
-def _load_run(path, key):
-    """The RunResult saved at `path` if it was trained with these settings; None (and why) otherwise."""
-    try:
-        saved = json.loads(path.read_text())
-        if not _same_run(saved.get("key", {}), key):
-            print(f"{path}: trained with other settings, not reused")
-            return None
-        result = RunResult.from_json(saved["result"])
-        if not result.val_correct:
-            print(f"{path}: has no per-image results (made before they were recorded), not reused")
-            return None
-        return result
-    except (ValueError, KeyError, TypeError) as e:
-        print(f"{path}: unreadable ({type(e).__name__}: {e}), not reused")
-        return None
-
-
-def finished_only(args, variants, fig1, results, todo):
-    """--partial: (variants, fig1, results) cut to what has every seed finished, and what is left out, as text."""
-    missing = {v.name for v, _ in todo}
-    if "full" in missing:
-        raise AblateError(f"--partial: the reference ('full') has {len(results.get('full', []))} of {args.seeds} "
-                          "seeds finished; every row is tested against it, so train it first.")
-    left_out = [f"{v.label} ({len(results.get(v.name, []))} of {args.seeds} seeds)" for v in variants
-                if v.name in missing]
-    if any(v.name in missing for v in fig1):
-        done = sum(len(results.get(v.name, [])) for v in fig1)
-        left_out.append(f"the Figure 1 sweep ({done} of {len(fig1) * args.seeds} runs)")
-        fig1 = []
-    keep = [v for v in variants if v.name not in missing]
-    return keep, fig1, {n: r for n, r in results.items() if n not in missing}, left_out
 
 
 def main(argv=None):
@@ -278,11 +227,11 @@ def main(argv=None):
         if args.plan:
             print_plan(args, *load_finished(args, train_order, budget))
             return 0
-        not_trained = []
+        not_trained, untested = [], 0
         if args.report_only:
             results, todo = load_finished(args, train_order, budget)
             if todo and args.partial:
-                variants, fig1, results, not_trained = finished_only(args, variants, fig1, results, todo)
+                variants, fig1, results, not_trained, untested = finished_only(args, variants, fig1, results, todo)
             elif todo:
                 raise AblateError(f"--report-only: {len(todo)} runs missing from {args.runs_dir}, e.g. "
                                   f"{', '.join(run_path(args, v, s).name for v, s in todo[:4])}: train them "
@@ -297,9 +246,12 @@ def main(argv=None):
     start = time.time()
     if not args.report_only:
         results = run_all(args, train_order, budget, fingerprint)
+        if results is None:
+            return 0
     minutes = (time.time() - start) / 60
     context = ReportContext(command="python bench/ablate.py " + " ".join(command), budget=budget, seeds=args.seeds,
-                            fig1=fig1, figure1_error=FIGURE1_ERROR, minutes=minutes, not_trained=not_trained)
+                            fig1=fig1, figure1_error=FIGURE1_ERROR, minutes=minutes, not_trained=not_trained,
+                            untested_claims=untested)
     write_report(args.out, args.figures, variants, results, context=context)
     print(f"wrote {args.out} and {args.figures}/ ({minutes:.1f} min)")
     print(args.out.read_text())

@@ -2,18 +2,14 @@
 paper's claim beside it, a paired test against the reference (bench/ablation_stats.py) and the verdict its
 Holm-corrected p gives."""
 import dataclasses
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from bench.ablation_stats import ALPHA, Test, error_difference, gap_difference, holm, speed_ratio  # noqa: E402
+from bench.ablation_figures import plot_curves, plot_figure1
+from bench.ablation_stats import ALPHA, Test, error_difference, gap_difference, holm, speed_ratio
 
 
 @dataclass(frozen=True)
@@ -53,6 +49,7 @@ class ReportContext:
     figure1_error: float
     minutes: float  # trained in this invocation
     not_trained: list = dataclasses.field(default_factory=list)  # what --partial left out, as text
+    untested_claims: int = 0  # claims --partial left out: each counts in Holm's correction as p = 1
 
 
 @dataclass(frozen=True)
@@ -119,7 +116,9 @@ def claim_tests(variants, results, context):
     full = results["full"]
     speed = bool(context.fig1) and any(v.name == "tanh" for v in variants)
     names = [v.name for v in variants if v.name in CLAIMS and CLAIMS[v.name].measure != "speed"]
-    alpha = ALPHA / max(1, len(names) + speed)  # the MDE at Holm's strictest step: detected whatever its rank
+    # The MDE at Holm's strictest step: detected whatever its rank, among every claim planned (a partial report's
+    # untested claims included, so its verdicts stand when the rest arrive).
+    alpha = ALPHA / max(1, len(names) + speed + context.untested_claims)
     tests = {name: claim_test(CLAIMS[name], results[name], full, alpha) for name in names}
     if speed:
         b = context.budget
@@ -132,7 +131,10 @@ def claim_tests(variants, results, context):
         if censored:  # counted at the whole budget: the ratio is then only a bound
             tests["tanh"] = dataclasses.replace(tests["tanh"], method=tests["tanh"].method + f"; {censored} runs never "
                                                 "reached 25%, counted at the whole budget")
-    adjusted = holm({k: t.p for k, t in tests.items()})
+    # An untested claim enters as p = 1: Holm's adjusted p never falls when another p rises, so a verdict made now
+    # is one the whole ablation would also make from these runs.
+    adjusted = holm({**{k: t.p for k, t in tests.items()},
+                     **{f"(untested {i})": 1.0 for i in range(context.untested_claims)}})
     rows = {}
     for name, t in tests.items():
         effect_sign = (t.effect - 1) if CLAIMS[name].measure == "speed" else t.effect
@@ -188,54 +190,16 @@ def table(variants, results, rows):
                  str(sum(r.diverged for r in runs))]
         row = rows.get(v.name)
         if row is None:
+            untested = "waits for the Figure 1 sweep" if CLAIMS.get(v.name, Claim("", "")).measure == "speed" else \
+                "not tested"
             cells += [CLAIMS[v.name].text if v.name in CLAIMS else "(the reference)", "", "", "", "", "",
-                      "not tested" if v.name in CLAIMS else ""]
+                      untested if v.name in CLAIMS else ""]
         else:
             effect, mde = _effect(row)
             cells += [row.claim.text, effect, mde, row.test.method, f"{row.test.p:.2g}", f"{row.p_holm:.2g}",
                       row.verdict]
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
-
-
-def plot_curves(results_by_variant, labels, path):
-    """One panel per variant: training error (as trained) and validation top-1 error vs epoch, every seed."""
-    n = len(results_by_variant)
-    cols = min(4, n)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False, sharey=True)
-    for ax, (name, runs) in zip(axes.flat, results_by_variant.items()):
-        for i, r in enumerate(runs):
-            epochs = [h.epoch for h in r.history]
-            ax.plot(epochs, [h.train_error for h in r.history], color="tab:blue", alpha=0.8,
-                    label="train (as trained)" if i == 0 else None)
-            ax.plot(epochs, [h.val_top1_error for h in r.history], color="tab:red", alpha=0.8,
-                    label="val top-1" if i == 0 else None)
-        ax.set(title=labels[name], xlabel="epoch", ylim=(0, 1))
-        ax.grid(alpha=0.3)
-    for ax in axes.flat[n:]:
-        ax.axis("off")
-    axes[0, 0].set_ylabel("error")
-    axes[0, 0].legend(loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
-def plot_figure1(relu_runs, tanh_runs, path, error):
-    """The paper's Figure 1: training error vs epoch, ReLU solid, tanh dashed, the 25% line."""
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for runs, style, name in ((relu_runs, "-", "ReLU"), (tanh_runs, "--", "tanh")):
-        for i, r in enumerate(runs):
-            ax.plot([h.epoch for h in r.history], [h.train_error for h in r.history], style, color="k",
-                    alpha=0.9 if i == 0 else 0.45, label=name if i == 0 else None)
-    ax.axhline(error, color="tab:gray", lw=0.8)
-    ax.set(xlabel="epoch", ylabel="training error rate (as trained)", ylim=(0, 1),
-           title="ReLU (solid) vs tanh (dashed), as in the paper's Figure 1")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 RULE = ("**Verdict rule.** Each claim is one test of the variant against the reference on the same images with the "

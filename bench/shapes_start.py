@@ -1,7 +1,7 @@
 """Why AlexNet sits at chance on the shapes set before it learns: the same loader, batch and lr for AlexNet (as the
 ablation trains it, with and without dropout) and for a control conv net with and without batch norm.
 
-    python bench/shapes_start.py                      # 300 steps of 32 at lr 0.0025, seed 0 (~6 min on 2 cores)
+    python bench/shapes_start.py                      # 300 steps of 32 at lr 0.0025, seed 0 (~7.5 min on 2 cores)
     python bench/shapes_start.py --lr 0.01 --seeds 2
 
 Printed per model: the step at which the training loss leaves chance (bench/init_check.py's rule: the mean of the
