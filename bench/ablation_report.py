@@ -167,8 +167,11 @@ def convergence(full_runs, epochs, chance=0.9):
         return f"The reference ran {len(full_runs[0].history)} epochs: too few to check convergence.", False
     start = mean([r.history[-1 - back].val_top1_error for r in full_runs])
     end = mean([r.history[-1].val_top1_error for r in full_runs])
+    tail = max(2, epochs // 8)  # for the reader, beside the rule: how flat the very end is
+    last = [mean([r.history[-k].val_top1_error for r in full_runs]) for k in range(1, tail + 1)]
     text = (f"**Convergence:** the reference's validation error (mean over seeds) went from {_pct(start)}% after "
-            f"epoch {epochs - back} to {_pct(end)}% after epoch {epochs}, the last quarter of the budget: ")
+            f"epoch {epochs - back} to {_pct(end)}% after epoch {epochs}, the last quarter of the budget (over its "
+            f"last {tail} epochs it stayed within {_pct(max(last) - min(last))} points): ")
     if end > chance - 0.1:
         # flat at chance is a plateau, not convergence (the shapes set starts with one: docs/BENCHMARKS.md)
         return text + "still within 10 points of chance, **not converged**: it has not yet learnt.", False
@@ -207,10 +210,11 @@ RULE = ("**Verdict rule.** Each claim is one test of the variant against the ref
         "discordant image pairs pooled over seeds; the train-val gap (the two overfitting claims) by a paired "
         "bootstrap over seeds and images; ReLU vs tanh by a paired t-test over seeds on log(tanh steps / ReLU "
         "steps) to 25% training error, each activation at its best rate of the Figure 1 sweep. The p-values are "
-        "Holm-corrected across the claims tested; Holm p <= 0.05 in the paper's direction is **reproduced**, against "
-        "it **contradicted**, otherwise **not visible at this scale**, nothing else decides. Intervals: 95% paired "
+        "Holm-corrected across the claims (any not yet tested count at p = 1); Holm p <= 0.05 in the paper's "
+        "direction is **reproduced**, against it **contradicted**, otherwise **not visible at this scale**, "
+        "nothing else decides. Intervals: 95% paired "
         "bootstrap over seeds and images (speed: the t-interval of the geometric mean ratio). MDE: the smallest "
-        "effect the test would detect with 80% power at 0.05 / (claims tested), the strictest Holm step, at this "
+        "effect the test would detect with 80% power at 0.05 / (claims), the strictest Holm step, at this "
         "sample size (McNemar: from the discordant pairs seen; pooling seeds treats every (seed, image) pair as "
         "independent, which overstates the power when the seeds agree on the hard images).")
 
@@ -239,8 +243,9 @@ def write_report(path, figures_dir, variants, results, *, context):
             "last epoch; clean train error: centre crop, dropout off, every training image once.\n\n")
     if context.not_trained:
         text += (f"**Not in this report**, not every seed trained yet: {'; '.join(context.not_trained)}. The same "
-                 "command without `--report-only --partial` trains them, resuming from the runs folder; Holm's "
-                 "correction below is over the claims reported here only.\n\n")
+                 "command without `--report-only --partial` trains them, resuming from the runs folder. Holm's "
+                 "correction counts each claim not tested yet at p = 1, so the verdicts below stand whatever the "
+                 "rest show.\n\n")
     text += convergence(full, b.epochs)[0] + "\n\n" + table(variants, results, rows) + "\n\n" + RULE + "\n\n"
     text += f"![training curves per variant]({rel}/curves.png)\n\n"
     if context.fig1:
