@@ -89,8 +89,8 @@ def get_args_parser():
     a("--lr-decay-epoch", type=int, default=None,
       help="lr / 10 from this epoch on, 0 never (default: 0.75 x --epochs, rounded)")
     a("-j", "--threads", type=int, default=2,
-      help="torch and DALI threads; two processes with -j 1 and different --variants train ~20%% faster together "
-           "than one with -j 2 on 2 cores, and share --runs-dir (default: 2)")
+      help="torch and DALI threads; on 2 cores two processes with -j 1 train ~20%% faster together than one with "
+           "-j 2, sharing --runs-dir (each claims the run it trains) (default: 2)")
     a("--data", type=Path, default=None,
       help="shapes shards for these settings; built there if missing (default: data/shapes-SIZE; quick "
            "data/shapes-quick-SIZE)")

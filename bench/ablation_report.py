@@ -110,15 +110,22 @@ def verdict(effect_sign, p_holm):
     return "reproduced" if effect_sign > 0 else "contradicted"
 
 
+def testable_claims(variants, fig1):
+    """The claims a report over `variants` tests: every variant's with a claim, tanh's (speed) only with the
+    Figure 1 sweep it is tested on."""
+    return [v.name for v in variants if v.name in CLAIMS and (CLAIMS[v.name].measure != "speed" or fig1)]
+
+
 def claim_tests(variants, results, context):
     """Every claim's test, Holm-corrected together: {variant name: Row}. tanh's claim (speed) is tested on the
     Figure 1 sweep, ReLU and tanh each at its best rate (tanh / ReLU steps, paired by seed)."""
     full = results["full"]
-    speed = bool(context.fig1) and any(v.name == "tanh" for v in variants)
-    names = [v.name for v in variants if v.name in CLAIMS and CLAIMS[v.name].measure != "speed"]
+    claims = testable_claims(variants, context.fig1)
+    speed = "tanh" in claims
+    names = [n for n in claims if CLAIMS[n].measure != "speed"]
     # The MDE at Holm's strictest step: detected whatever its rank, among every claim planned (a partial report's
     # untested claims included, so its verdicts stand when the rest arrive).
-    alpha = ALPHA / max(1, len(names) + speed + context.untested_claims)
+    alpha = ALPHA / max(1, len(claims) + context.untested_claims)
     tests = {name: claim_test(CLAIMS[name], results[name], full, alpha) for name in names}
     if speed:
         b = context.budget

@@ -5,7 +5,7 @@ import json
 import os
 import socket
 
-from bench.ablation_report import CLAIMS
+from bench.ablation_report import testable_claims
 from bench.ablation_train import RunResult
 
 
@@ -130,13 +130,12 @@ def finished_only(args, variants, fig1, results, todo):
                           "--variants full` with the same settings).")
     left_out = [f"{v.label} ({len(results.get(v.name, []))} of {args.seeds} seeds)" for v in variants
                 if v.name in missing]
-    planned = [v.name for v in variants if v.name in CLAIMS and (CLAIMS[v.name].measure != "speed" or fig1)]
+    planned = testable_claims(variants, fig1)
     if any(v.name in missing for v in fig1):
         done = sum(len(results.get(v.name, [])) for v in fig1)
         left_out.append(f"the Figure 1 sweep ({done} of {len(fig1) * args.seeds} runs)")
         missing |= {v.name for v in fig1}
         fig1 = []
     keep = [v for v in variants if v.name not in missing]
-    tested = [v.name for v in keep if v.name in CLAIMS and (CLAIMS[v.name].measure != "speed" or fig1)]
     return (keep, fig1, {n: r for n, r in results.items() if n not in missing}, left_out,
-            len(planned) - len(tested))
+            len(planned) - len(testable_claims(keep, fig1)))

@@ -27,10 +27,10 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from bench import ablate  # noqa: E402
 from bench.init_check import left_chance  # noqa: E402
 from cluster.loop import make_optimizer  # noqa: E402
 from model import AlexNet  # noqa: E402
-from pipeline import build_shards  # noqa: E402
 from pipeline import manifest as mf  # noqa: E402
 from pipeline.loader import make_loader  # noqa: E402
 
@@ -92,9 +92,9 @@ def run(name, data, seed, steps, batch, lr, crop, threads):
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
-    a("--data", type=Path, default=Path("data/shapes-73"),
-      help="shapes shards; built there (the ablation's set, 80 / 100 per class at 73 px) if missing "
-           "(default: data/shapes-73)")
+    a("--data", type=Path, default=None,
+      help="shapes shards at this crop; built there if missing, as bench/ablate.py builds them (default: the "
+           "ablation's, data/shapes-73 at crop 64)")
     a("--models", default=",".join(MODELS), help=f"comma-separated subset of {', '.join(MODELS)} (default: all)")
     a("--steps", type=int, default=300, help="optimizer steps per run (default: 300)")
     a("-b", "--batch-size", type=int, default=32, help="batch size (default: 32)")
@@ -113,10 +113,16 @@ def main(argv=None):
     if unknown:
         print(f"error: --models: unknown {', '.join(unknown)}; choose from {', '.join(MODELS)}", file=sys.stderr)
         return 2
-    if not mf.manifest_path(args.data).is_file():
-        print(f"building the shapes set in {args.data}")
-        build_shards.build(build_shards.BuildConfig(demo_set="shapes", size=73, out=args.data, jobs=args.threads,
-                                                    demo_train_per_class=80, demo_val_per_class=100))
+    # The ablation's own set and checks (built if missing, refused if the folder holds another build).
+    flags = ["--crop", str(args.crop), "-j", str(args.threads)] + (["--data", str(args.data)] if args.data else [])
+    ablation = ablate.get_args_parser().parse_args(flags)
+    try:
+        ablate.resolve(ablation)
+        ablate.ensure_data(ablation)
+    except (ablate.AblateError, mf.ManifestError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    args.data = ablation.data
     print(f"{args.data}: batch {args.batch_size}, lr {args.lr:g}, crop {args.crop}, {args.steps} steps, load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     for seed in range(args.seeds):

@@ -182,14 +182,19 @@ def upload(staging, uri, manifest):
     print(f"{uri}: {sent} files uploaded, {skipped} already there and checked, manifest.json last")
 
 
+def _built_manifest(s3, uri):
+    """(manifest.json's bytes, parsed) of the build under uri; a clear error where there is none."""
+    body = _get_manifest(s3, uri)
+    if body is None:
+        raise ObjectStoreError(f"{uri}: no manifest.json there. Build shards first: python pipeline/build_shards.py "
+                               f"--src IMAGENET --out {uri}")
+    return body, json.loads(body)
+
+
 def verify(uri):
     """Problems with the build under uri as messages: every file present with the manifest's size and sha256."""
     s3, (_, prefix) = client(), parse(uri)
-    body = _get_manifest(s3, uri)
-    if body is None:
-        raise ObjectStoreError(f"{uri}: no manifest.json there. Build with python pipeline/build_shards.py "
-                               f"--out {uri}")
-    man = json.loads(body)
+    _, man = _built_manifest(s3, uri)
     sizes = {f"{split}/{s['tar']}": s["bytes"] for split, e in man["splits"].items() for s in e["shards"]}
     problems = []
     for rel, sha in _files(man):
@@ -210,11 +215,7 @@ def local_copy(uri):
     if uri in _LOCAL:
         return _LOCAL[uri]
     s3, (bucket, prefix) = client(), parse(uri)
-    body = _get_manifest(s3, uri)
-    if body is None:
-        raise ObjectStoreError(f"{uri}: no manifest.json there. Build shards first: python pipeline/build_shards.py "
-                               f"--src IMAGENET --out {uri}")
-    man = json.loads(body)
+    body, man = _built_manifest(s3, uri)
     where = cache_root() / hashlib.sha256(uri.encode()).hexdigest()[:16] / hashlib.sha256(body).hexdigest()[:16]
     for rel, _ in _files(man):
         path = where / rel
