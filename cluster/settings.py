@@ -5,6 +5,7 @@ import math
 import os
 from pathlib import Path
 
+from cluster import disk_space
 from cluster.config import GRAD_COMPRESSIONS, PRESETS, TrainConfig, default_warmup_epochs, scaled_lr
 from pipeline import build_shards, object_store
 from pipeline import manifest as mf
@@ -162,6 +163,9 @@ def resumed_config(args, explicit):
 
 def check(cfg, manifest):
     check_paths(cfg)
+    no_room = disk_space.shortfall(cfg, storage_is_local=not is_storage_uri(cfg.storage))
+    if no_room:
+        raise LaunchError(no_room)
     for name in ("workers", "min_workers", "batch_size", "epochs", "crop", "print_freq"):
         if getattr(cfg, name) < 1:
             raise LaunchError(f"{flag_name(name)} must be >= 1, got {getattr(cfg, name)}")

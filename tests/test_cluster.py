@@ -1,6 +1,7 @@
 """Training on Ray, on CPU: end to end, resume, a worker failure, gradient sync, and clear errors for bad flags.
 Each test starts a small local Ray cluster, so these are the slowest tests of the suite (about a minute each)."""
 import json
+import shutil
 
 import pytest
 import torch
@@ -26,7 +27,8 @@ def finished_run(demo_shards, tmp_path_factory):
     """Two epochs with checkpoints kept elsewhere (--storage) than the outputs (--output-dir)."""
     tmp = tmp_path_factory.mktemp("e2e")
     assert run(tmp, demo_shards, "--epochs", 2, "--name", "e2e", "--storage", tmp / "ckpt") == 0
-    return tmp, tmp / "runs" / "e2e"
+    yield tmp, tmp / "runs" / "e2e"
+    shutil.rmtree(tmp, ignore_errors=True)  # two ~435 MB checkpoints: CI's disk is shared with the rest of the suite
 
 
 @SLOW

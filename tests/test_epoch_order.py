@@ -2,6 +2,7 @@
 shuffle buffer and the file order matter (40,000 tiny samples in 400 shard files, 4 ranks)."""
 import io
 import itertools
+import shutil
 
 import numpy as np
 import pytest
@@ -65,7 +66,8 @@ def many_shards(tmp_path_factory):
         shards.append(w.info)
     man["splits"]["train"] = {"num_samples": FILES * PER_FILE, "shards": shards}
     mf.write(out, man)
-    return out
+    yield out
+    shutil.rmtree(tmp, ignore_errors=True)  # ~230 MB of tar headers
 
 
 def batches_of(loader):

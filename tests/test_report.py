@@ -1,6 +1,7 @@
 """cluster/report.py and Figure 4: samples read from the shards, the streamed nearest-neighbour search, the data that
 goes into the figure, `report.py RUN_DIR`, and clear errors for a run directory that lacks something."""
 import json
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -48,7 +49,8 @@ def checkpoint_dir(net, tmp_path_factory):
     path = tmp_path_factory.mktemp("checkpoint") / "checkpoint_000001"
     path.mkdir()
     torch.save({"model": net.state_dict(), "epoch": 1}, path / "checkpoint.pt")
-    return path
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -1,0 +1,62 @@
+"""Room for a run's checkpoints, checked before Ray starts. A full disk otherwise shows up as pyarrow's "No space
+left on device" traceback when the first checkpoint is written: after an epoch of training (hours on ImageNet)."""
+import dataclasses
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from model import AlexNet
+
+CHECKPOINTS_KEPT = 2  # cluster/run.py's CheckpointConfig(num_to_keep)
+GB = 1e9
+
+
+@dataclasses.dataclass
+class Need:
+    folder: Path  # the nearest existing folder: where the bytes will land
+    moved_by: str  # what the user changes to put them elsewhere
+    bytes: int
+
+
+def checkpoint_bytes(cfg):
+    """One checkpoint's size: every weight and its SGD momentum buffer in fp32 (the rest is a few KB). Counted on
+    the meta device, so nothing is allocated."""
+    with torch.device("meta"):
+        model = AlexNet(cfg.num_classes, activation=cfg.activation, lrn=cfg.lrn,
+                        overlapping_pool=cfg.overlapping_pool, dropout=cfg.dropout, init=cfg.init)
+    return 2 * 4 * sum(p.numel() for p in model.parameters())
+
+
+def existing_folder(path):
+    return next(p for p in (Path(path), *Path(path).parents) if p.exists())
+
+
+def needs(cfg, storage_is_local):
+    """Ray keeps CHECKPOINTS_KEPT checkpoints and persists a new one before it deletes the oldest; rank 0 first
+    writes each one to its temporary folder (cluster/train.py)."""
+    size = checkpoint_bytes(cfg)
+    out = []
+    if storage_is_local:
+        out.append(Need(existing_folder(cfg.storage), "--storage", (CHECKPOINTS_KEPT + 1) * size))
+    if not cfg.address:  # on an existing cluster the temporary folder is on its nodes, not this machine
+        out.append(Need(existing_folder(tempfile.gettempdir()), "TMPDIR", size))
+    return out
+
+
+def shortfall(cfg, storage_is_local):
+    """None, or a message naming the folders on a disk without room for the checkpoints they will hold."""
+    by_disk = {}
+    for need in needs(cfg, storage_is_local):
+        by_disk.setdefault(os.stat(need.folder).st_dev, []).append(need)
+    for group in by_disk.values():
+        free, total = shutil.disk_usage(group[0].folder).free, sum(n.bytes for n in group)
+        if free < total:
+            where = " and ".join(f"{n.folder} ({n.moved_by})" for n in group)
+            return (f"{where}: {free / GB:.1f} GB free, and training needs {total / GB:.1f} GB there for checkpoints "
+                    f"({checkpoint_bytes(cfg) / GB:.2f} GB each: {CHECKPOINTS_KEPT} kept, a new one written before "
+                    "the oldest goes, and rank 0's temporary copy). Free space there, or point --storage (the "
+                    "checkpoints) or TMPDIR (the temporary copy) at a disk with room.")
+    return None
