@@ -124,7 +124,7 @@ def claim_tests(variants, results, context):
     speed = "tanh" in claims
     names = [n for n in claims if CLAIMS[n].measure != "speed"]
     # The MDE at Holm's strictest step: detected whatever its rank, among every claim planned (a partial report's
-    # untested claims included, so its verdicts stand when the rest arrive).
+    # untested claims included, so the MDE still holds when the rest arrive).
     alpha = ALPHA / max(1, len(claims) + context.untested_claims)
     tests = {name: claim_test(CLAIMS[name], results[name], full, alpha) for name in names}
     if speed:
@@ -138,8 +138,9 @@ def claim_tests(variants, results, context):
         if censored:  # counted at the whole budget: the ratio is then only a bound
             tests["tanh"] = dataclasses.replace(tests["tanh"], method=tests["tanh"].method + f"; {censored} runs never "
                                                 "reached 25%, counted at the whole budget")
-    # An untested claim enters as p = 1: Holm's adjusted p never falls when another p rises, so a verdict made now
-    # is one the whole ablation would also make from these runs.
+    # An untested claim enters as p = 1, the most it can be: Holm's adjusted p never rises when another p falls, so
+    # today's adjusted p is an upper bound. "Reproduced" or "contradicted" now stays so as the rest arrive; "not
+    # visible" may yet turn when its raw p is below 0.05.
     adjusted = holm({**{k: t.p for k, t in tests.items()},
                      **{f"(untested {i})": 1.0 for i in range(context.untested_claims)}})
     rows = {}
@@ -251,8 +252,9 @@ def write_report(path, figures_dir, variants, results, *, context):
     if context.not_trained:
         text += (f"**Not in this report**, not every seed trained yet: {'; '.join(context.not_trained)}. The same "
                  "command without `--report-only --partial` trains them, resuming from the runs folder. Holm's "
-                 "correction counts each claim not tested yet at p = 1, so the verdicts below stand whatever the "
-                 "rest show.\n\n")
+                 "correction counts each claim not tested yet at p = 1, the most it can be, so a Holm p below can only "
+                 "fall as the rest arrive: a claim reproduced or contradicted here stays so, one not visible with a "
+                 "raw p below 0.05 may yet turn.\n\n")
     text += convergence(full, b.epochs)[0] + "\n\n" + table(variants, results, rows) + "\n\n" + RULE + "\n\n"
     text += f"![training curves per variant]({rel}/curves.png)\n\n"
     if context.fig1:
