@@ -121,8 +121,8 @@ def _alive(pid):
 
 def finished_only(args, variants, fig1, results, todo):
     """--partial: (variants, fig1, results, not-trained text, claims left untested) cut to what has every seed
-    finished. The untested claims still count in Holm's correction (bench/ablation_report.claim_tests) so that a
-    verdict here cannot be overturned by the rows still to come."""
+    finished. The untested claims still count in Holm's correction (bench/ablation_report.claim_tests), at p = 1, so
+    a claim reproduced or contradicted here stays so whatever the rows still to come show."""
     missing = {v.name for v, _ in todo}
     if "full" in missing:
         raise AblateError(f"--partial: the reference ('full') has {len(results.get('full', []))} of {args.seeds} "

@@ -22,25 +22,33 @@ class Need:
 
 
 def checkpoint_bytes(cfg):
-    """One checkpoint's size: every weight and its SGD momentum buffer in fp32 (the rest is a few KB). Counted on
-    the meta device, so nothing is allocated."""
+    """One checkpoint's size: every weight and (momentum > 0) its SGD momentum buffer in fp32; the rest is a few KB.
+    Counted on the meta device, so nothing is allocated."""
     with torch.device("meta"):
         model = AlexNet(cfg.num_classes, activation=cfg.activation, lrn=cfg.lrn,
                         overlapping_pool=cfg.overlapping_pool, dropout=cfg.dropout, init=cfg.init)
-    return 2 * 4 * sum(p.numel() for p in model.parameters())
+    copies = 2 if cfg.momentum else 1  # SGD keeps no buffer without momentum
+    return copies * 4 * sum(p.numel() for p in model.parameters())
 
 
 def existing_folder(path):
     return next(p for p in (Path(path), *Path(path).parents) if p.exists())
 
 
+def disk_of(folder):
+    return os.stat(folder).st_dev
+
+
 def needs(cfg, storage_is_local):
     """Ray keeps CHECKPOINTS_KEPT checkpoints and persists a new one before it deletes the oldest; rank 0 first
-    writes each one to its temporary folder (cluster/train.py)."""
+    writes each one to its temporary folder (cluster/train.py). A resumed run's checkpoints already take their
+    room (Ray's layout: --storage/NAME/checkpoint_*)."""
     size = checkpoint_bytes(cfg)
     out = []
     if storage_is_local:
-        out.append(Need(existing_folder(cfg.storage), "--storage", (CHECKPOINTS_KEPT + 1) * size))
+        existing = len(list((Path(cfg.storage) / cfg.name).glob("checkpoint_*")))
+        new = max(0, min(CHECKPOINTS_KEPT + 1, existing + cfg.epochs) - existing)
+        out.append(Need(existing_folder(cfg.storage), "--storage", new * size))
     if not cfg.address:  # on an existing cluster the temporary folder is on its nodes, not this machine
         out.append(Need(existing_folder(tempfile.gettempdir()), "TMPDIR", size))
     return out
@@ -50,7 +58,7 @@ def shortfall(cfg, storage_is_local):
     """None, or a message naming the folders on a disk without room for the checkpoints they will hold."""
     by_disk = {}
     for need in needs(cfg, storage_is_local):
-        by_disk.setdefault(os.stat(need.folder).st_dev, []).append(need)
+        by_disk.setdefault(disk_of(need.folder), []).append(need)
     for group in by_disk.values():
         free, total = shutil.disk_usage(group[0].folder).free, sum(n.bytes for n in group)
         if free < total:

@@ -163,9 +163,6 @@ def resumed_config(args, explicit):
 
 def check(cfg, manifest):
     check_paths(cfg)
-    no_room = disk_space.shortfall(cfg, storage_is_local=not is_storage_uri(cfg.storage))
-    if no_room:
-        raise LaunchError(no_room)
     for name in ("workers", "min_workers", "batch_size", "epochs", "crop", "print_freq"):
         if getattr(cfg, name) < 1:
             raise LaunchError(f"{flag_name(name)} must be >= 1, got {getattr(cfg, name)}")
@@ -189,6 +186,10 @@ def check(cfg, manifest):
                           f"({per_shard} images with {cfg.workers} workers). Use a smaller batch or fewer workers.")
     if not manifest["splits"]["val"]["num_samples"]:
         raise LaunchError(f"--data {cfg.data}: no validation split; rebuild the shards with a val/ folder.")
+    # last, so that a flag mistake is named as such even on a full disk
+    no_room = disk_space.shortfall(cfg, storage_is_local=not is_storage_uri(cfg.storage))
+    if no_room:
+        raise LaunchError(no_room)
 
 
 def plan_resources(cfg, available):

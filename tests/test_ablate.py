@@ -252,8 +252,8 @@ def test_claims_let_processes_share_the_runs_folder(tmp_path, monkeypatch):
 
 
 def test_untested_claims_count_in_holms_correction():
-    """A partial report's verdict must stand when the other claims arrive: p = 0.031 passes as the only claim, not
-    with one more claim still to test (Holm: 2 x 0.031 > 0.05)."""
+    """A partial report's 'reproduced' must stand when the other claims arrive: p = 0.031 passes as the only claim,
+    not with one more claim still to test (Holm: 2 x 0.031 > 0.05)."""
     import dataclasses
     full = [run("full", s, [0.3], [0.3], 0.1, val_wrong=range(100)) for s in (0, 1)]
     results = {"full": full, "no_lighting": [run("no_lighting", s, [0.3], [0.3], 0.1, val_wrong=range(103))
