@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.ablation_figures import plot_curves, plot_figure1
-from bench.ablation_stats import ALPHA, Test, error_difference, gap_difference, holm, speed_ratio
+from bench.ablation_stats import ALPHA, BOOTSTRAP_DRAWS, Test, error_difference, gap_difference, holm, speed_ratio
 
 
 @dataclass(frozen=True)
@@ -216,10 +216,10 @@ def table(variants, results, rows):
 RULE = ("**Verdict rule.** Each claim is one test of the variant against the reference on the same images with the "
         "same seeds: the validation (or, for weight decay, clean training) error by McNemar's exact test on the "
         "discordant image pairs pooled over seeds; the train-val gap (the two overfitting claims) by a paired "
-        "bootstrap over seeds and images (4000 draws: its p is never reported below 1/4000 = 0.00025, the "
-        "resolution); ReLU vs tanh by a paired t-test over seeds on log(tanh steps / ReLU "
-        "steps) to 25% training error, each activation at its best rate of the Figure 1 sweep. The p-values are "
-        "Holm-corrected across the claims (any not yet tested count at p = 1); Holm p <= 0.05 in the paper's "
+        f"bootstrap over seeds and images ({BOOTSTRAP_DRAWS} draws: its p is never reported below "
+        f"1/{BOOTSTRAP_DRAWS} = {1 / BOOTSTRAP_DRAWS:g}, the resolution); ReLU vs tanh by a paired t-test over "
+        "seeds on log(tanh steps / ReLU steps) to 25% training error, each activation at its best rate of the "
+        "Figure 1 sweep. The p-values are Holm-corrected across the claims (any not yet tested count at p = 1); Holm p <= 0.05 in the paper's "
         "direction is **reproduced**, against it **contradicted**, otherwise **not visible at this scale**, "
         "nothing else decides. Intervals: 95% paired "
         "bootstrap over seeds and images (speed: the t-interval of the geometric mean ratio). MDE: the smallest "

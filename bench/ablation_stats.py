@@ -9,6 +9,7 @@ from scipy import stats
 
 ALPHA = 0.05
 POWER = 0.8
+BOOTSTRAP_DRAWS = 4000  # a bootstrap p is never reported below 1 / draws, its resolution
 
 
 def wrong(bits):
@@ -34,7 +35,7 @@ def holm(pvalues):
     return out
 
 
-def paired_bootstrap(parts, *, draws=4000, seed=0):
+def paired_bootstrap(parts, *, draws=BOOTSTRAP_DRAWS, seed=0):
     """Bootstrap over seeds and images of an effect that is a signed sum of mean paired differences.
 
     parts: [(sign, D)], D a (seeds x images) array of variant-minus-reference per-image errors (-1, 0, 1), all with
