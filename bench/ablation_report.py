@@ -219,13 +219,13 @@ RULE = ("**Verdict rule.** Each claim is one test of the variant against the ref
         f"bootstrap over seeds and images ({BOOTSTRAP_DRAWS} draws: its p is never reported below "
         f"1/{BOOTSTRAP_DRAWS} = {1 / BOOTSTRAP_DRAWS:g}, the resolution); ReLU vs tanh by a paired t-test over "
         "seeds on log(tanh steps / ReLU steps) to 25% training error, each activation at its best rate of the "
-        "Figure 1 sweep. The p-values are Holm-corrected across the claims (any not yet tested count at p = 1); Holm p <= 0.05 in the paper's "
-        "direction is **reproduced**, against it **contradicted**, otherwise **not visible at this scale**, "
-        "nothing else decides. Intervals: 95% paired "
-        "bootstrap over seeds and images (speed: the t-interval of the geometric mean ratio). MDE: the smallest "
-        "effect the test would detect with 80% power at 0.05 / (claims), the strictest Holm step, at this "
-        "sample size (McNemar: from the discordant pairs seen; pooling seeds treats every (seed, image) pair as "
-        "independent, which overstates the power when the seeds agree on the hard images).")
+        "Figure 1 sweep. The p-values are Holm-corrected across the claims (any not yet tested count at p = 1); "
+        "Holm p <= 0.05 in the paper's direction is **reproduced**, against it **contradicted**, otherwise **not "
+        "visible at this scale**, nothing else decides. Intervals: 95% paired bootstrap over seeds and images "
+        "(speed: the t-interval of the geometric mean ratio). MDE: the smallest effect the test would detect with "
+        "80% power at 0.05 / (claims), the strictest Holm step, at this sample size (McNemar: from the discordant "
+        "pairs seen; pooling seeds treats every (seed, image) pair as independent, which overstates the power when "
+        "the seeds agree on the hard images).")
 
 
 def write_report(path, figures_dir, variants, results, *, context):
