@@ -214,18 +214,18 @@ def table(variants, results, rows):
 
 
 RULE = ("**Verdict rule.** Each claim is one test of the variant against the reference on the same images with the "
-        "same seeds: the validation (or, for weight decay, clean training) error by McNemar's exact test on the "
-        "discordant image pairs pooled over seeds; the train-val gap (the two overfitting claims) by a paired "
-        f"bootstrap over seeds and images ({BOOTSTRAP_DRAWS} draws: its p is never reported below "
+        "same seeds: the validation (or, for weight decay, clean training) error and the train-val gap (the two "
+        "overfitting claims) by a paired bootstrap over seeds and images, which counts how much another seed "
+        "changes the result as well as which images were drawn (McNemar's test pooled over seeds does not: it "
+        f"called differences between seeds significant) ({BOOTSTRAP_DRAWS} draws: its p is never reported below "
         f"1/{BOOTSTRAP_DRAWS} = {1 / BOOTSTRAP_DRAWS:g}, the resolution); ReLU vs tanh by a paired t-test over "
         "seeds on log(tanh steps / ReLU steps) to 25% training error, each activation at its best rate of the "
         "Figure 1 sweep. The p-values are Holm-corrected across the claims (any not yet tested count at p = 1); "
         "Holm p <= 0.05 in the paper's direction is **reproduced**, against it **contradicted**, otherwise **not "
         "visible at this scale**, nothing else decides. Intervals: 95% paired bootstrap over seeds and images "
         "(speed: the t-interval of the geometric mean ratio). MDE: the smallest effect the test would detect with "
-        "80% power at 0.05 / (claims), the strictest Holm step, at this sample size (McNemar: from the discordant "
-        "pairs seen; pooling seeds treats every (seed, image) pair as independent, which overstates the power when "
-        "the seeds agree on the hard images).")
+        "80% power at 0.05 / (claims), the strictest Holm step, at this sample size (from the bootstrap's standard "
+        "error; with 4 seeds that error is itself rough).")
 
 
 def write_report(path, figures_dir, variants, results, *, context):
