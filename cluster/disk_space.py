@@ -46,7 +46,8 @@ def needs(cfg, storage_is_local):
     size = checkpoint_bytes(cfg)
     out = []
     if storage_is_local:
-        existing = len(list((Path(cfg.storage) / cfg.name).glob("checkpoint_*")))
+        # no name yet (a config made outside launch.py): a new run, nothing of its own on disk
+        existing = len(list((Path(cfg.storage) / cfg.name).glob("checkpoint_*"))) if cfg.name else 0
         new = max(0, min(CHECKPOINTS_KEPT + 1, existing + cfg.epochs) - existing)
         out.append(Need(existing_folder(cfg.storage), "--storage", new * size))
     if not cfg.address:  # on an existing cluster the temporary folder is on its nodes, not this machine

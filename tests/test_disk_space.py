@@ -18,7 +18,7 @@ Usage = collections.namedtuple("Usage", "total used free")
 @dataclasses.dataclass
 class Cfg:  # the fields disk_space reads from a TrainConfig
     storage: str
-    name: str = "run"
+    name: str | None = "run"
     epochs: int = 90
     address: str | None = None
     momentum: float = 0.9
@@ -89,6 +89,8 @@ def test_one_disk_adds_up_and_a_resumed_runs_checkpoints_are_counted_as_there(tm
     assert disk_space.shortfall(cfg, storage_is_local=True) is not None
     free["bytes"] = 2 * size  # a 1-epoch run writes one checkpoint
     assert disk_space.shortfall(Cfg(storage=str(tmp_path / "new"), epochs=1), storage_is_local=True) is None
+    free["bytes"] = 4 * size - 1  # a config without a name yet (made outside launch.py) counts as a new run
+    assert "GB free" in disk_space.shortfall(Cfg(storage=str(tmp_path), name=None), storage_is_local=True)
 
 
 def test_launch_refuses_a_full_disk_before_ray_starts(demo_shards, tmp_path, capsys, monkeypatch):
