@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
+from cluster.run_files import CHECKPOINTS_KEPT, checkpoint_dirs
 from model import AlexNet
 
-CHECKPOINTS_KEPT = 2  # cluster/run.py's CheckpointConfig(num_to_keep)
 GB = 1e9
 
 
@@ -39,15 +39,14 @@ def disk_of(folder):
     return os.stat(folder).st_dev
 
 
-def needs(cfg, storage_is_local):
+def needs(cfg, storage_is_local, size):
     """Ray keeps CHECKPOINTS_KEPT checkpoints and persists a new one before it deletes the oldest; rank 0 first
     writes each one to its temporary folder (cluster/train.py). A resumed run's checkpoints already take their
-    room (Ray's layout: --storage/NAME/checkpoint_*)."""
-    size = checkpoint_bytes(cfg)
+    room. `size`: one checkpoint's bytes."""
     out = []
     if storage_is_local:
         # no name yet (a config made outside launch.py): a new run, nothing of its own on disk
-        existing = len(list((Path(cfg.storage) / cfg.name).glob("checkpoint_*"))) if cfg.name else 0
+        existing = len(checkpoint_dirs(cfg.storage, cfg.name)) if cfg.name else 0
         new = max(0, min(CHECKPOINTS_KEPT + 1, existing + cfg.epochs) - existing)
         out.append(Need(existing_folder(cfg.storage), "--storage", new * size))
     if not cfg.address:  # on an existing cluster the temporary folder is on its nodes, not this machine
@@ -57,15 +56,16 @@ def needs(cfg, storage_is_local):
 
 def shortfall(cfg, storage_is_local):
     """None, or a message naming the folders on a disk without room for the checkpoints they will hold."""
+    size = checkpoint_bytes(cfg)
     by_disk = {}
-    for need in needs(cfg, storage_is_local):
+    for need in needs(cfg, storage_is_local, size):
         by_disk.setdefault(disk_of(need.folder), []).append(need)
     for group in by_disk.values():
         free, total = shutil.disk_usage(group[0].folder).free, sum(n.bytes for n in group)
         if free < total:
             where = " and ".join(f"{n.folder} ({n.moved_by})" for n in group)
             return (f"{where}: {free / GB:.1f} GB free, and training needs {total / GB:.1f} GB there for checkpoints "
-                    f"({checkpoint_bytes(cfg) / GB:.2f} GB each: {CHECKPOINTS_KEPT} kept, a new one written before "
+                    f"({size / GB:.2f} GB each: {CHECKPOINTS_KEPT} kept, a new one written before "
                     "the oldest goes, and rank 0's temporary copy). Free space there, or point --storage (the "
                     "checkpoints) or TMPDIR (the temporary copy) at a disk with room.")
     return None

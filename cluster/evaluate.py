@@ -18,6 +18,7 @@ import torch
 from cluster.config import TrainConfig
 from cluster.loop import evaluate, loader_settings
 from cluster.report import ReportError, RunSettings, build_model, load_model_state
+from cluster.run_files import checkpoint_dirs
 from pipeline import manifest as mf
 from pipeline import object_store
 from pipeline.loader import make_loader
@@ -31,8 +32,8 @@ def find_checkpoint(run_dir, cfg):
         if named:
             return named
     store = Path(cfg.storage) / cfg.name
-    found = sorted(store.glob("checkpoint_*")) if "://" not in cfg.storage else []
-    if not found:  # Ray names them checkpoint_<date>_<time>: the last in sorted order is the newest
+    found = checkpoint_dirs(cfg.storage, cfg.name)
+    if not found:
         raise ReportError(f"--test-only: no checkpoint for run {cfg.name}: {summary} names none and {store} has no "
                           "checkpoint_* folder. Has the run finished an epoch?")
     return str(found[-1])

@@ -11,7 +11,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from cluster import report
 from cluster.outputs import RunOutputs, mark_lost_nodes
-from cluster.run_files import EVENTS_FILE, METRICS_FILE, read_jsonl
+from cluster.run_files import CHECKPOINTS_KEPT, EVENTS_FILE, METRICS_FILE, read_jsonl
 from cluster.train import train_loop_per_worker
 
 
@@ -26,7 +26,7 @@ def make_trainer(cfg, callback, inject_failure=None):
         torch_config=TorchConfig(backend=cfg.backend),
         run_config=RunConfig(name=cfg.name, storage_path=cfg.storage, callbacks=[callback],
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
                              logging_config=LoggingConfig(log_level="WARNING")))
 
 

@@ -5,8 +5,15 @@ import json
 from pathlib import Path
 
 CHECKPOINT_FILE = "checkpoint.pt"  # inside each of Ray's checkpoint directories
+CHECKPOINTS_KEPT = 2  # Ray keeps the newest two (cluster/run.py); cluster/disk_space.py counts the room they take
 METRICS_FILE = "metrics.jsonl"  # in the run directory: one line per epoch
 EVENTS_FILE = "events.jsonl"  # in the run directory: failures, lost nodes
+
+
+def checkpoint_dirs(storage, name):
+    """A run's checkpoint folders under a local --storage, oldest first ([] for a URI or none yet): Ray names them
+    --storage/NAME/checkpoint_<date>_<time>, so sorted order is age order."""
+    return [] if "://" in str(storage) else sorted((Path(storage) / name).glob("checkpoint_*"))
 
 
 def read_jsonl(path):

@@ -73,7 +73,7 @@ def check_paths(cfg):
         if not path.is_absolute():
             raise LaunchError(f"{flag} {path}: not an absolute path (from an older config.json?); Ray's storage "
                               "needs one. Start a new run with another --name.")
-        existing = next(p for p in (path, *path.parents) if p.exists())
+        existing = disk_space.existing_folder(path)
         if not existing.is_dir():
             raise LaunchError(f"{flag} {path}: {existing} is a file, not a folder. Choose another {flag}.")
         if not os.access(existing, os.W_OK | os.X_OK):
