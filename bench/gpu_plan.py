@@ -61,11 +61,12 @@ def estimates(names, records):
     seen = recorded_seconds(records)
     out = {}
     for name in names:
+        runs = f"{len(seen.get(name, []))} run" + ("" if len(seen.get(name, [])) == 1 else "s")
         if name in seen and name not in ADDED_SINCE_RECORDS_S:
-            out[name] = Estimate(max(seen[name]), f"recorded ({len(seen[name])} runs)")
+            out[name] = Estimate(max(seen[name]), f"recorded ({runs})")
         elif name in seen:
             out[name] = Estimate(max(seen[name]) + ADDED_SINCE_RECORDS_S[name],
-                                 f"recorded ({len(seen[name])} runs) + {ADDED_SINCE_RECORDS_S[name]:.0f} s added since")
+                                 f"recorded ({runs}) + {ADDED_SINCE_RECORDS_S[name]:.0f} s added since")
         elif name in UNMEASURED_GUESS_S:
             out[name] = Estimate(UNMEASURED_GUESS_S[name], "guess")
         else:
