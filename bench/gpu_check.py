@@ -16,7 +16,6 @@ bench/gpu_plan.py from the runs recorded in docs/gpu_runs/.
 """
 import argparse
 import json
-import math
 import os
 import platform
 import subprocess
@@ -30,6 +29,7 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])  # the repo root, not ben
 import torch  # noqa: E402
 
 from bench.gpu_check_steps import FULL, SMOKE, Context, Step  # noqa: E402
+from bench.gpu_fed import FedReplica, step_fed_profile  # noqa: E402
 from bench.gpu_launch import step_launch  # noqa: E402
 from bench.gpu_plan import Estimate, decide, describe, estimates, load_records, plan  # noqa: E402
 from bench.gpu_steps_model import (  # noqa: E402
@@ -41,8 +41,6 @@ from bench.gpu_steps_model import (  # noqa: E402
 )
 from bench.profiling import markdown_table  # noqa: E402
 from bench.timing import loader_images_per_second  # noqa: E402
-from cluster.config import PRESETS  # noqa: E402
-from cluster.loop import LrSchedule, make_optimizer, train_one_epoch  # noqa: E402
 from model import AlexNet, GroupedAlexNet  # noqa: E402
 
 
@@ -124,31 +122,13 @@ def step_loader(ctx):
 
 def step_training(ctx):
     """One replica fed by the loader, trained by cluster/loop.py's own step (what the Ray workers run): SGD with
-    momentum, bf16 + channels_last on the GPU. Two epochs: the first warms up (cuDNN, first pipeline), the second is
-    the one timed, its own pipeline start included as in training."""
-    from pipeline.loader import make_loader
-    size, gpu = ctx.size, ctx.gpu
-    dev = torch.device("cuda:0" if gpu else "cpu")
-    loader = make_loader(ctx.data, "train", size.train_batch, device="cuda" if gpu else "cpu",
-                         device_id=0 if gpu else None, crop=size.crop)
-    # The paper preset's start (its init, lr per 128 images, warmup steps, weights-only decay), as a run on ImageNet
-    # would train. The 2026-11-30 H200 run used the demo's Kaiming init at the paper's lr 0.01 without the warmup, a
-    # pairing no preset makes, and its loss went to nan in epoch 2 (docs/gpu_runs/2026-11-30-h200-run1.json).
-    paper = PRESETS["paper"]
-    model = AlexNet(init=paper.init).place(dev, dev).to(memory_format=torch.channels_last)
-    lr = paper.lr * size.train_batch / 128
-    opt = make_optimizer(model, lr, momentum=0.9, wd=5e-4, decay_biases=paper.decay_biases)
-    schedule = LrSchedule(base_lr=lr, warmup_epochs=0, warmup_steps=paper.warmup_steps, steps_per_epoch=len(loader))
-    epochs = []
-    for epoch in range(2):
-        loader.set_epoch(epoch)
-        epochs.append(train_one_epoch(model, opt, loader, epoch=epoch, schedule=schedule, peak_lr=lr, device=dev,
-                                      amp=gpu))
-    losses = [e["train_loss"] for e in epochs]
-    if not all(math.isfinite(x) for x in losses):  # a rate measured on a diverged run is no measurement
-        raise RuntimeError(f"the training loss went non-finite: {losses}")
+    momentum, bf16 + channels_last on the GPU, the paper preset's start (bench/gpu_fed.py). Two epochs: the first
+    warms up (cuDNN, first pipeline), the second is the one timed, its own pipeline start included as in training."""
+    replica = FedReplica.build(ctx)
+    epochs = [replica.epoch(e) for e in range(2)]
     return {"train_img_s": epochs[1]["images_per_second"], "warmup_epoch_img_s": epochs[0]["images_per_second"],
-            "steps_per_epoch": len(loader), "epoch1_loss": losses[0], "epoch2_loss": losses[1]}
+            "steps_per_epoch": len(replica.loader), "epoch1_loss": epochs[0]["train_loss"],
+            "epoch2_loss": epochs[1]["train_loss"]}
 
 
 def step_correctness(ctx):
@@ -213,6 +193,7 @@ STEPS = [  # priority order: under --budget-s the first ones run, what does not 
     Step("loader", step_loader, needs_data=True),
     Step("model", step_model),
     Step("training", step_training, needs_data=True),
+    Step("fed_profile", step_fed_profile, needs_data=True),  # why the fed replica is slower than loader and model
     Step("correctness", step_correctness, needs_data=True),
     Step("gpu_tests", step_gpu_tests, gpu_only=True),
     Step("model_variants", step_model_variants),

@@ -49,6 +49,13 @@ def profile_fwd_bwd(model, batch, crop, device, *, amp=False, channels_last=Fals
         wall = time.perf_counter() - start
     if trace_path:
         prof.export_chrome_trace(str(trace_path))
+    rows, total_ms = top_rows(prof, steps, gpu, top)
+    return Profile("cuda" if gpu else "cpu", steps, total_ms, wall * 1e3 / steps, rows)
+
+
+def top_rows(prof, steps, gpu, top):
+    """([KernelRow] of the `top` most expensive, all kernels' ms per step) from a finished torch.profiler run over
+    `steps` steps: CUDA kernels by their GPU time when `gpu`, else aten operators by their own CPU time."""
     events = [e for e in prof.key_averages() if not e.is_user_annotation]
     if gpu:  # the kernels themselves, not the CPU-side operators that launched them
         events = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
@@ -58,7 +65,7 @@ def profile_fwd_bwd(model, batch, crop, device, *, amp=False, channels_last=Fals
     total = sum(own(e) for e in events) or 1.0
     rows = [KernelRow(e.key[:100], own(e) / 1e3 / steps, 100 * own(e) / total, e.count / steps)
             for e in sorted(events, key=own, reverse=True)[:top]]
-    return Profile("cuda" if gpu else "cpu", steps, total / 1e3 / steps, wall * 1e3 / steps, rows)
+    return rows, total / 1e3 / steps
 
 
 def markdown_table(rows):

@@ -126,3 +126,30 @@ def test_launch_cases_past_the_budget_are_skipped_not_run(tmp_path):
     ctx = Context(argparse.Namespace(out=tmp_path, workers=1), SMOKE, gpu=False, data=str(tmp_path / "none"),
                   deadline=time.time() + 5)  # under the 10 s a case needs at least
     assert step_launch(ctx) == {"cpu.skipped": "--budget-s ran out before this case", "exit_code": 0}
+
+
+def test_busy_time_is_the_union_of_overlapping_intervals():
+    from bench.gpu_fed import busy_us
+    # DALI's kernels on their own stream overlap the model's: counted once, and gaps not at all
+    assert busy_us([(0, 10), (5, 12), (20, 25), (21, 22)]) == 17
+    assert busy_us([(3, 4), (0, 1)]) == 2
+    assert busy_us([]) == 0
+
+
+def test_wait_timer_counts_the_time_blocked_in_the_loader():
+    import time
+
+    from bench.gpu_fed import WaitTimer
+
+    def slow_loader():
+        for i in range(3):
+            time.sleep(0.05)
+            yield i
+
+    class Loader(list):
+        def __iter__(self):
+            return slow_loader()
+
+    timed = WaitTimer(Loader([0, 1, 2]))
+    assert list(timed) == [0, 1, 2] and len(timed) == 3
+    assert 0.14 <= timed.wait_s < 1.0
