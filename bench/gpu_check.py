@@ -125,10 +125,13 @@ def step_training(ctx):
     momentum, bf16 + channels_last on the GPU, the paper preset's start (bench/gpu_fed.py). Two epochs: the first
     warms up (cuDNN, first pipeline), the second is the one timed, its own pipeline start included as in training."""
     replica = FedReplica.build(ctx)
-    epochs = [replica.epoch(e) for e in range(2)]
+    try:
+        epochs = [replica.epoch(e) for e in range(2)]
+    finally:
+        replica.loader.close()
     return {"train_img_s": epochs[1]["images_per_second"], "warmup_epoch_img_s": epochs[0]["images_per_second"],
             "steps_per_epoch": len(replica.loader), "epoch1_loss": epochs[0]["train_loss"],
-            "epoch2_loss": epochs[1]["train_loss"]}
+            "epoch2_loss": epochs[1]["train_loss"], "diverged": replica.diverged}
 
 
 def step_correctness(ctx):
