@@ -57,8 +57,8 @@ class FedReplica:
     def epoch(self, epoch, loader=None):
         """cluster/loop.py's train_one_epoch over `loader` (default: the replica's own, which `loader` may wrap)."""
         self.loader.set_epoch(epoch)
-        m = train_one_epoch(self.model, self.opt, loader or self.loader, epoch=epoch, schedule=self.schedule,
-                            peak_lr=self.lr, device=self.device, amp=self.amp)
+        m = train_one_epoch(self.model, self.opt, self.loader if loader is None else loader, epoch=epoch,
+                            schedule=self.schedule, peak_lr=self.lr, device=self.device, amp=self.amp)
         self.diverged = self.diverged or not math.isfinite(m["train_loss"])
         return m
 
