@@ -17,7 +17,7 @@ def test_gpu_check_smoke_runs_every_step(tmp_path):
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["smoke"] is True
     assert set(report["steps"]) == {"shards", "loader", "model", "model_variants", "compiled_variants", "profile",
-                                    "training", "correctness", "lrn_numerics", "launch"}
+                                    "training", "fed_profile", "correctness", "lrn_numerics", "launch"}
     assert report["skipped"] == {} and report["budget_s"] is None  # no budget in a smoke run
     assert all("error" not in step for step in report["steps"].values())
     variants = report["steps"]["model_variants"]
@@ -32,6 +32,9 @@ def test_gpu_check_smoke_runs_every_step(tmp_path):
     assert report["steps"]["loader"]["cpu_train_img_s"] > 0
     training = report["steps"]["training"]  # cluster/loop.py's step, 2 epochs of the smoke set
     assert training["steps_per_epoch"] > 0 and training["train_img_s"] > 0 and training["epoch2_loss"] > 0
+    fed = report["steps"]["fed_profile"]  # the same replica, timed per part (no GPU: no busy share)
+    assert fed["steps_per_epoch"] == training["steps_per_epoch"] and fed["img_s"] > 0 and not fed["diverged"]
+    assert 0 <= fed["batch_wait_ms_per_step"] < fed["wall_ms_per_step"] and fed["top_kernels"]
     assert report["steps"]["correctness"]["split_vs_single_max_rel_diff"] < 1e-4
     launch = report["steps"]["launch"]  # the real launcher, end to end (one CPU replica in the smoke run)
     assert launch["exit_code"] == 0 and launch["cpu.replicas_per_epoch"] == [1, 1]
