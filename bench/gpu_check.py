@@ -111,6 +111,7 @@ def step_loader(ctx):
     result = {}
     cpu = make_loader(data, "train", size.loader_batch, device="cpu", num_threads=args.workers, **kw)
     result["cpu_train_img_s"] = loader_images_per_second(cpu, epochs=1)
+    cpu.close()  # its prepared next-epoch pipeline and thread would otherwise live on beside the GPU loader's
     if ctx.gpu:  # the loader's own thread default for mixed decode (half the cores, at most 8)
         mixed = make_loader(data, "train", size.loader_batch, device="cuda", device_id=0, **kw)
         result["gpu_train_img_s"] = loader_images_per_second(mixed, epochs=1)  # within an epoch

@@ -62,7 +62,8 @@ def estimates(names, records):
     seen = recorded_seconds(records)
     out = {}
     for name in names:
-        runs = f"{len(seen.get(name, []))} run" + ("" if len(seen.get(name, [])) == 1 else "s")
+        n = len(seen.get(name, ()))
+        runs = f"{n} run" + ("" if n == 1 else "s")
         if name in seen and name not in ADDED_SINCE_RECORDS_S:
             out[name] = Estimate(max(seen[name]), f"recorded ({runs})")
         elif name in seen:
