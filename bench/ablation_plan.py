@@ -41,7 +41,8 @@ def measured_costs(dirs, crop, batch_size):
 def print_plan(args, results, todo):
     done = sum(map(len, results.values()))
     print(f"{args.runs_dir}: {done} finished runs for these settings, {len(todo)} to train "
-          f"({args.seeds} seeds; {args.epochs} epochs; crop {args.crop}; {10 * args.train_per_class} training and "
+          f"({args.seeds} seeds; {args.epochs} epochs, Figure 1 at most {args.fig1_epochs}; crop {args.crop}; "
+          f"{10 * args.train_per_class} training and "
           f"{10 * args.val_per_class} validation images)")
     costs = measured_costs([args.runs_dir, QUICK_RUNS], args.crop, args.batch_size)
     if costs is None:
@@ -52,7 +53,7 @@ def print_plan(args, results, todo):
     epoch = fixed + 10 * args.train_per_class * per_train + 10 * args.val_per_class * per_val
     # A Figure 1 run stops at 25% training error: the budget's epochs are its upper bound.
     fig1 = sum(1 for v, _ in todo if v.stop_at)
-    total = len(todo) * (args.epochs * epoch + extra)
+    total = sum((args.fig1_epochs if v.stop_at else args.epochs) * epoch + extra for v, _ in todo)
     print(f"measured over {n} finished runs (medians; load average at their starts "
           f"{min(loads):.1f} to {max(loads):.1f}): "
           f"{1000 * per_train:.1f} ms per training image, {1000 * per_val:.1f} ms per validation image, {fixed:.1f} s "

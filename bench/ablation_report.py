@@ -50,6 +50,11 @@ class ReportContext:
     minutes: float  # trained in this invocation
     not_trained: list = dataclasses.field(default_factory=list)  # what --partial left out, as text
     untested_claims: int = 0  # claims --partial left out: each counts in Holm's correction as p = 1
+    fig1_budget: object = None  # Figure 1's Budget (its epochs cap a run); None: the same as `budget`
+
+    @property
+    def fig1_epochs(self):
+        return (self.fig1_budget or self.budget).epochs
 
 
 @dataclass(frozen=True)
@@ -128,9 +133,9 @@ def claim_tests(variants, results, context):
     alpha = ALPHA / max(1, len(claims) + context.untested_claims)
     tests = {name: claim_test(CLAIMS[name], results[name], full, alpha) for name in names}
     if speed:
-        b = context.budget
-        best, _ = figure1(results, context.fig1, context.figure1_error, b.epochs * full[0].steps_per_epoch)
-        steps = {a: [steps_to(r, context.figure1_error, b.epochs * r.steps_per_epoch)[0]
+        cap = context.fig1_epochs
+        best, _ = figure1(results, context.fig1, context.figure1_error, cap * full[0].steps_per_epoch)
+        steps = {a: [steps_to(r, context.figure1_error, cap * r.steps_per_epoch)[0]
                      for r in results[best[a][0].name]] for a in ("relu", "tanh")}
         tests["tanh"] = speed_ratio(steps["tanh"], steps["relu"], alpha=alpha)
         censored = sum(not steps_to(r, context.figure1_error, 0)[1] for a in ("relu", "tanh")
@@ -164,6 +169,14 @@ def _effect(row):
         return f"tanh/ReLU steps {t.effect:.2f}x [{t.low:.2f}, {t.high:.2f}]", f"{t.mde:.2f}x"
     unit = {"train": "train error", "gap": "gap"}.get(row.claim.measure, "val error")
     return (f"{100 * t.effect:+.1f} [{100 * t.low:+.1f}, {100 * t.high:+.1f}] {unit}", f"{100 * t.mde:.1f}")
+
+
+def schedule_text(budget, lr=True):
+    """' / 10 from epoch N, / 100 from epoch M' (1-based), with the peak rate first when `lr`."""
+    drops = [f"/ {10 ** (k + 1)} from epoch {e + 1}" for k, e in
+             enumerate(e for e in (budget.lr_decay_epoch, budget.lr_decay2_epoch) if e)]
+    head = f"{budget.lr:g} " if lr else (", lr " if drops else "")
+    return (head + ", ".join(drops)).rstrip() if lr or drops else ""
 
 
 def convergence(full_runs, epochs, chance=0.9):
@@ -242,8 +255,8 @@ def write_report(path, figures_dir, variants, results, *, context):
     text = (f"# Ablations: the paper's techniques, one at a time\n\nMade by `{context.command}` on the embedded shapes "
             f"set ({n_train} training and {n_val} validation images, 10 classes, chance = 90% error). "
             f"{len(variants)} variants x {context.seeds} seeds (0..{context.seeds - 1}, the same for every variant), "
-            f"{b.epochs} epochs each ({steps} steps of {b.batch_size}), lr {b.lr:g}"
-            + (f" / 10 from epoch {b.lr_decay_epoch + 1}" if b.lr_decay_epoch else "")
+            f"{b.epochs} epochs each ({steps} steps of {b.batch_size}), lr "
+            + schedule_text(b)
             + f" for every variant (the lr rule: the reference's rate for all; only Figure 1 sweeps), momentum "
             f"{b.momentum}, {b.init} init, input normalisation '{b.normalize}' (pipeline/stats.py), weight decay on "
             "weights only. "
@@ -259,7 +272,7 @@ def write_report(path, figures_dir, variants, results, *, context):
     text += convergence(full, b.epochs)[0] + "\n\n" + table(variants, results, rows) + "\n\n" + RULE + "\n\n"
     text += f"![training curves per variant]({rel}/curves.png)\n\n"
     if context.fig1:
-        budget_steps = b.epochs * steps
+        budget_steps = context.fig1_epochs * steps
         best, fig_rows = figure1(results, context.fig1, context.figure1_error, budget_steps)
         plot_figure1(results[best["relu"][0].name], results[best["tanh"][0].name],
                      figures_dir / "figure1_relu_tanh.png", context.figure1_error)
@@ -267,7 +280,9 @@ def write_report(path, figures_dir, variants, results, *, context):
                  "no lighting); ReLU and tanh each at the rates "
                  f"{', '.join(f'{v.lr:g}' for v in context.fig1 if v.activation == 'relu')}; a run stops at "
                  f"{100 * context.figure1_error:.0f}% training error (as trained, measured at epoch ends, so steps "
-                 f"are multiples of {steps}). Best rate: fewest mean steps.\n\n"
+                 f"are multiples of {steps}), at most {context.fig1_epochs} epochs"
+                 + schedule_text(context.fig1_budget or b, lr=False)
+                 + ". Best rate: fewest mean steps.\n\n"
                  "| activation | lr | steps to 25% per seed | mean | diverged |\n| --- | --- | --- | --- | --- |\n"
                  + "\n".join(fig_rows) + "\n\n"
                  f"Best: ReLU at lr {best['relu'][0].lr:g} ({best['relu'][1]:.0f} steps), tanh at lr "

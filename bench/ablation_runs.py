@@ -6,7 +6,7 @@ import os
 import socket
 
 from bench.ablation_report import testable_claims
-from bench.ablation_train import RunResult
+from bench.ablation_train import Budget, RunResult
 
 
 class AblateError(Exception):
@@ -30,7 +30,9 @@ def same_run(saved_key, key):
     """saved_key (from a run's JSON, which may name its threads) describes the same run as key."""
     if not isinstance(saved_key, dict) or not isinstance(saved_key.get("budget", {}), dict):
         return False
-    budget = {k: v for k, v in saved_key.get("budget", {}).items() if k != "threads"}
+    # A field added to Budget since the run was saved: it ran with the field's default (which keeps what it did).
+    defaults = {f.name: f.default for f in dataclasses.fields(Budget) if f.default is not dataclasses.MISSING}
+    budget = {k: v for k, v in {**defaults, **saved_key.get("budget", {})}.items() if k != "threads"}
     return {**saved_key, "budget": budget} == key
 
 
@@ -55,14 +57,14 @@ def load_run(path, key, *, quiet=False):
         return skip(f"unreadable ({type(e).__name__}: {e})")
 
 
-def load_finished(args, variants, budget):
-    """({variant name: [RunResult per seed]} of the runs --runs-dir holds for these settings, [(variant, seed)] the
-    ones it does not)."""
+def load_finished(args, variants, budgets):
+    """({variant name: [RunResult per seed]} of the runs --runs-dir holds for these settings (`budgets`: a
+    bench.ablation_train.Budgets), [(variant, seed)] the ones it does not)."""
     results, todo = {}, []
     for v in variants:
         for seed in range(args.seeds):
             path = run_path(args, v, seed)
-            saved = load_run(path, run_key(v, budget, args)) if path.is_file() and not args.fresh else None
+            saved = load_run(path, run_key(v, budgets.of(v), args)) if path.is_file() and not args.fresh else None
             if saved is None:
                 todo.append((v, seed))
             else:

@@ -43,7 +43,10 @@ class Budget:
     # at chance for over 12 epochs and "no LRN" diverged (docs/BENCHMARKS.md, "The ablation's budget").
     lr: float = 0.0025
     momentum: float = 0.9
-    lr_decay_epoch: int = 0  # lr / 10 from this epoch on (0: never)
+    lr_decay_epoch: int = 0  # lr / 10 from this 0-based epoch on (0: never)
+    # lr / 100 from this one on (0: never), the paper's "reduced three times" in short: the second plateau's drop.
+    # Added after runs were saved without it: bench/ablation_runs.same_run reads a missing field as its default.
+    lr_decay2_epoch: int = 0
     crop: int = 112
     init: str = "kaiming"  # one of model.INITS: the demo preset's
     normalize: str = "paper"  # input normalisation (pipeline/stats.py): the paper's, as both presets
@@ -99,13 +102,26 @@ class RunResult:
 
 
 @dataclass(frozen=True)
-class OneDecay:
-    """The lr schedule of an ablation run: the peak, divided by 10 once from 0-based epoch `at` on (0: never).
+class Budgets:
+    """The ablation variants' budget and Figure 1's: its runs stop at 25% training error, so its epochs are only a
+    cap, and the sweep keeps the budget it ran with when the variants' grows (bench/ablate.py)."""
+    variants: Budget
+    figure1: Budget = None  # None: the variants' budget
+
+    def of(self, variant):
+        return self.figure1 if variant.stop_at and self.figure1 else self.variants
+
+
+@dataclass(frozen=True)
+class StepDecay:
+    """The lr schedule of an ablation run: the peak, / 10 from 0-based epoch `at` on, / 100 from `at2` on (0: never).
     Duck-types cluster.loop.LrSchedule.lr for train_one_epoch."""
     at: int
+    at2: int = 0
 
     def lr(self, peak, epoch, progress=0.0):
-        return peak * (0.1 if self.at and epoch >= self.at else 1.0)
+        drops = sum(1 for e in (self.at, self.at2) if e and epoch >= e)
+        return peak * 0.1 ** drops
 
 
 class FirstBatchTimer:
@@ -170,7 +186,7 @@ def train_variant(variant, budget, data_dir, seed, *, log=print):
     model = build_model(variant, budget, len(train_loader.manifest["classes"]))
     lr = variant.lr or budget.lr
     opt = make_optimizer(model, lr, budget.momentum, variant.wd, decay_biases=budget.decay_biases)
-    schedule = OneDecay(budget.lr_decay_epoch)
+    schedule = StepDecay(budget.lr_decay_epoch, budget.lr_decay2_epoch)
     result = RunResult(variant.name, seed, dataclasses.asdict(budget), len(train_loader), commit=current_commit(),
                        load_average=os.getloadavg()[0])
     start = time.time()

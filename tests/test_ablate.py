@@ -1,4 +1,5 @@
 """bench/ablate.py: the verdict rule, the centre-crop training loader it needs, and the --quick run end to end."""
+import dataclasses
 import json
 
 import numpy as np
@@ -8,7 +9,7 @@ import torch
 from bench import ablate
 from bench.ablation_report import ReportContext, claim_tests, convergence, figure1, write_report
 from bench.ablation_stats import error_difference
-from bench.ablation_train import Budget, EpochRecord, RunResult
+from bench.ablation_train import Budget, Budgets, EpochRecord, RunResult
 from pipeline.loader import make_loader
 
 
@@ -187,6 +188,26 @@ def test_finished_runs_are_reused_whatever_their_thread_count(tmp_path):
     assert ablate.load_run(path, ablate.run_key(full, two, args)) is None
 
 
+def test_runs_saved_before_the_second_lr_drop_existed_keep_their_meaning(tmp_path):
+    """A run whose budget has no lr_decay2_epoch ran without a second drop: reused where the budget has none (Figure
+    1's own budget), not where it has one; the schedule drops / 10 then / 100."""
+    from bench.ablation_train import StepDecay
+    args = ablate.get_args_parser().parse_args(["--runs-dir", str(tmp_path)])
+    ablate.resolve(args)
+    budgets = ablate.make_budgets(args)
+    fig1, full = ablate.figure1_variants(args)[0], ablate.VARIANTS[0]
+    assert budgets.of(fig1).lr_decay2_epoch == 0 and budgets.of(full).lr_decay2_epoch == 60
+    assert (budgets.of(fig1).epochs, budgets.of(fig1).lr_decay_epoch, budgets.of(full).epochs) == (70, 52, 84)
+    old = ablate.run_key(fig1, budgets.of(fig1), args)
+    del old["budget"]["lr_decay2_epoch"]
+    path = ablate.run_path(args, fig1, 0)
+    path.write_text(json.dumps({"key": old, "result": run(fig1.name, 0, [0.2], [0.3], 0.1).to_json()}))
+    assert ablate.load_run(path, ablate.run_key(fig1, budgets.of(fig1), args)) is not None
+    with_drop = dataclasses.replace(budgets.of(fig1), lr_decay2_epoch=60)
+    assert ablate.load_run(path, ablate.run_key(fig1, with_drop, args)) is None
+    assert [StepDecay(52, 60).lr(1.0, e) for e in (51, 52, 59, 60)] == pytest.approx([1.0, 0.1, 0.1, 0.01])
+
+
 def test_a_run_finished_by_another_process_is_not_trained_again(tmp_path, monkeypatch):
     """Two processes share --runs-dir: a run that appeared after this one listed its work is reused, not retrained."""
     args = ablate.get_args_parser().parse_args(["--quick", "--runs-dir", str(tmp_path)])
@@ -198,7 +219,7 @@ def test_a_run_finished_by_another_process_is_not_trained_again(tmp_path, monkey
     saved = run("full", 0, [0.3, 0.2], [0.3, 0.2], 0.1)
     ablate.run_path(args, full, 0).write_text(json.dumps({"key": ablate.run_key(full, budget, args),
                                                           "result": saved.to_json()}))
-    results = ablate.run_all(args, [full], budget, fingerprint=None)
+    results = ablate.run_all(args, [full], Budgets(budget), fingerprint=None)
     assert [r.final_val_error for r in results["full"]] == [0.2]
 
 
@@ -210,8 +231,7 @@ def test_partial_report_names_what_is_not_trained(tmp_path, capsys):
              "--figures", str(tmp_path / "figs"), "--report-only", "--partial"]
     args = ablate.get_args_parser().parse_args(flags)
     ablate.resolve(args)
-    budget = Budget(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_decay_epoch=args.lr_decay_epoch,
-                    crop=args.crop, threads=args.threads)
+    budget = ablate.make_budgets(args).variants
     runs_dir.mkdir()
     assert ablate.main(flags) == 2 and "the reference ('full') has 0 of 2 seeds" in capsys.readouterr().err
     assert ablate.main([f for f in flags if f != "--report-only"]) == 2
@@ -243,11 +263,11 @@ def test_claims_let_processes_share_the_runs_folder(tmp_path, monkeypatch):
     assert ablation_runs.claim(path) and not ablation_runs.claim(path)  # held by this (live) process
     monkeypatch.setattr(ablate, "load_finished", lambda *a: ({}, [(full, 0)]))
     monkeypatch.setattr(ablate, "train_variant", lambda *a, **k: pytest.fail("trained a claimed run"))
-    assert ablate.run_all(args, [full], budget, fingerprint=None) is None
+    assert ablate.run_all(args, [full], Budgets(budget), fingerprint=None) is None
     host = path.with_suffix(".claim").read_text().partition(":")[0]
     path.with_suffix(".claim").write_text(f"{host}:999999999")  # no such pid: the claimant is gone
     monkeypatch.setattr(ablate, "train_variant", lambda *a, **k: run("full", 0, [0.3, 0.2], [0.3, 0.2], 0.1))
-    results = ablate.run_all(args, [full], budget, fingerprint=None)
+    results = ablate.run_all(args, [full], Budgets(budget), fingerprint=None)
     assert [r.final_val_error for r in results["full"]] == [0.2]
     assert path.is_file() and not path.with_suffix(".claim").exists() and not list(tmp_path.glob("*.tmp"))
 
