@@ -6,7 +6,7 @@ import os
 import socket
 
 from bench.ablation_report import testable_claims
-from bench.ablation_train import Budget, RunResult
+from bench.ablation_train import RunResult
 
 
 class AblateError(Exception):
@@ -26,13 +26,16 @@ def run_key(variant, budget, args):
     return {"variant": dataclasses.asdict(variant), "budget": budget, "data": data_key(args)}
 
 
+# Budget fields added after runs were saved, with the value that reproduces what those runs did. Only these: a field
+# whose default differs from what older runs did (normalize, decay_biases were) must keep them from being reused.
+ADDED_SINCE = {"lr_decay2_epoch": 0}
+
+
 def same_run(saved_key, key):
     """saved_key (from a run's JSON, which may name its threads) describes the same run as key."""
     if not isinstance(saved_key, dict) or not isinstance(saved_key.get("budget", {}), dict):
         return False
-    # A field added to Budget since the run was saved: it ran with the field's default (which keeps what it did).
-    defaults = {f.name: f.default for f in dataclasses.fields(Budget) if f.default is not dataclasses.MISSING}
-    budget = {k: v for k, v in {**defaults, **saved_key.get("budget", {})}.items() if k != "threads"}
+    budget = {k: v for k, v in {**ADDED_SINCE, **saved_key.get("budget", {})}.items() if k != "threads"}
     return {**saved_key, "budget": budget} == key
 
 

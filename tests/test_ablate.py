@@ -77,6 +77,37 @@ def test_speed_claim_is_tested_on_the_figure1_sweep_at_each_best_rate():
     assert best["relu"][0].lr == 0.01 and best["tanh"][0].lr == 0.005 and len(table_rows) == 4
 
 
+def test_figure1_runs_that_never_get_there_count_at_figure1s_own_cap():
+    """Figure 1 keeps its own budget (bench/ablation_train.Budgets): a run that never reached 25% counts at its cap
+    (5 epochs of 25 steps here), not at the variants' 84 epochs."""
+    args = ablate.get_args_parser().parse_args(["--quick"])
+    args.fig1_lr_factors, args.lr = [1.0], 0.01
+    fig1 = ablate.figure1_variants(args)
+    results = {"full": [run("full", s, [0.3], [0.3], 0.1) for s in range(4)]}
+    for v in fig1:  # ReLU gets there after 2 epochs, tanh never in its 5
+        errs = [0.5, 0.2] if v.activation == "relu" else [0.9, 0.8, 0.7, 0.6, 0.5]
+        results[v.name] = [run(v.name, s, errs, errs, 0.1) for s in range(4)]
+    ctx = dataclasses.replace(context(seeds=4, fig1=fig1, epochs=84), fig1_budget=Budget(epochs=5))
+    rows = claim_tests([variant("full"), variant("tanh")], results, ctx)
+    t = rows["tanh"].test
+    assert t.effect == pytest.approx(125 / 50) and "4 runs never reached 25%" in t.method
+
+
+def test_schedule_text_and_default_drops():
+    from bench.ablation_report import schedule_text
+    two_drops = Budget(84, lr_decay_epoch=52, lr_decay2_epoch=60)
+    assert schedule_text(two_drops) == "0.0025 / 10 from epoch 53, / 100 from epoch 61"
+    assert schedule_text(Budget(70, lr_decay_epoch=52), lr=False) == ", lr / 10 from epoch 53"
+    assert schedule_text(Budget(2)) == "0.0025" and schedule_text(Budget(2), lr=False) == ""
+    for epochs, drops in [(144, (90, 102)), (84, (52, 60)), (6, (4, 0)), (3, (2, 0)), (2, (0, 0))]:
+        args = ablate.get_args_parser().parse_args(["--epochs", str(epochs)])
+        ablate.resolve(args)  # a budget too short for two drops gets one, not an error about flags never passed
+        assert (args.lr_decay_epoch, args.lr_decay2_epoch) == drops
+    args = ablate.get_args_parser().parse_args(["--lr-decay-epoch", "0", "--lr-decay2-epoch", "60"])
+    with pytest.raises(ablate.AblateError, match="--lr-decay2-epoch 60 must come after --lr-decay-epoch 0"):
+        ablate.resolve(args)
+
+
 def test_report_table_figures_and_links(tmp_path):
     """write_report: a row per variant with mean ± spread, the effect with its interval, MDE, p and Holm p, and
     figure links that work from the report's folder even when the figures live elsewhere."""
@@ -102,6 +133,10 @@ def test_convergence_is_checked_over_the_last_quarter():
     assert not ok and "moved by 20.0 points, **not converged**" in text
     done = [run("full", s, [0.9, 0.3, 0.2, 0.2], [0.9, 0.3, 0.3, 0.295], 0.1) for s in (0, 1)]
     assert convergence(done, 4)[1]
+    # 84 epochs: the window is epoch 63 against 84, so the drop between 62 and 63 is outside it
+    long = [run("full", s, [0.1] * 84, [0.3] * 62 + [0.2] * 21 + [0.195], 0.01) for s in (0, 1)]
+    text, ok = convergence(long, 84)
+    assert ok and "from 20.0% after epoch 63 to 19.5% after epoch 84" in text
     at_chance = [run("full", s, [0.9] * 4, [0.91, 0.9, 0.9, 0.895], 0.9) for s in (0, 1)]
     text, ok = convergence(at_chance, 4)
     assert not ok and "within 10 points of chance" in text
@@ -196,8 +231,8 @@ def test_runs_saved_before_the_second_lr_drop_existed_keep_their_meaning(tmp_pat
     ablate.resolve(args)
     budgets = ablate.make_budgets(args)
     fig1, full = ablate.figure1_variants(args)[0], ablate.VARIANTS[0]
-    assert budgets.of(fig1).lr_decay2_epoch == 0 and budgets.of(full).lr_decay2_epoch == 60
-    assert (budgets.of(fig1).epochs, budgets.of(fig1).lr_decay_epoch, budgets.of(full).epochs) == (70, 52, 84)
+    assert budgets.of(fig1).lr_decay2_epoch == 0 and budgets.of(full).lr_decay2_epoch == 102
+    assert (budgets.of(fig1).epochs, budgets.of(fig1).lr_decay_epoch, budgets.of(full).epochs) == (70, 52, 144)
     old = ablate.run_key(fig1, budgets.of(fig1), args)
     del old["budget"]["lr_decay2_epoch"]
     path = ablate.run_path(args, fig1, 0)
