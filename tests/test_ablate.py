@@ -93,6 +93,26 @@ def test_figure1_runs_that_never_get_there_count_at_figure1s_own_cap():
     assert t.effect == pytest.approx(125 / 50) and "4 runs never reached 25%" in t.method
 
 
+def test_partial_report_tests_figure1_before_the_tanh_variant_has_run():
+    """The speed claim is tested on the Figure 1 sweep alone: a partial report with the sweep but not the tanh
+    variant tests it (its own row), and counts only the other six claims as untested."""
+    from bench.ablation_report import table, testable_claims
+    args = ablate.get_args_parser().parse_args(["--quick"])
+    args.fig1_lr_factors, args.lr = [1.0], 0.01
+    fig1 = ablate.figure1_variants(args)
+    results = {"full": [run("full", s, [0.3], [0.3], 0.1) for s in range(4)]}
+    for v in fig1:  # ReLU at 25% after 1 or 2 epochs, tanh after 4 or 5
+        errs = [0.2] if v.activation == "relu" else [0.9, 0.8, 0.5, 0.2]
+        results[v.name] = [run(v.name, s, [0.9] * (s % 2) + errs, [0.9] * (s % 2) + errs, 0.1) for s in range(4)]
+    assert testable_claims([variant("full")], fig1) == ["tanh"] and testable_claims([variant("full")], []) == []
+    assert len(testable_claims(ablate.VARIANTS, fig1)) == 7
+    ctx = dataclasses.replace(context(seeds=4, fig1=fig1, epochs=5), untested_claims=6)
+    rows = claim_tests([variant("full")], results, ctx)
+    assert list(rows) == ["tanh"] and rows["tanh"].test.effect > 2.5 and "never reached" not in rows["tanh"].test.method
+    assert "| ReLU vs tanh (the Figure 1 sweep; the tanh variant not trained yet) |" in table([variant("full")],
+                                                                                               results, rows)
+
+
 def test_schedule_text_and_default_drops():
     from bench.ablation_report import schedule_text
     two_drops = Budget(84, lr_decay_epoch=52, lr_decay2_epoch=60)
