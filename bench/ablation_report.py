@@ -173,11 +173,13 @@ def _effect(row):
 
 
 def schedule_text(budget, lr=True):
-    """' / 10 from epoch N, / 100 from epoch M' (1-based), with the peak rate first when `lr`."""
-    drops = [f"/ {10 ** (k + 1)} from epoch {e + 1}" for k, e in
-             enumerate(e for e in (budget.lr_decay_epoch, budget.lr_decay2_epoch) if e)]
-    head = f"{budget.lr:g} " if lr else (", lr " if drops else "")
-    return (head + ", ".join(drops)).rstrip() if lr or drops else ""
+    """'0.0025 / 10 from epoch N, / 100 from epoch M' (1-based epochs); without `lr`, the clause ', lr / 10 from
+    epoch N...' to append to a sentence, or '' when there is no drop."""
+    drops = ", ".join(f"/ {10 ** (k + 1)} from epoch {e + 1}" for k, e in
+                      enumerate(e for e in (budget.lr_decay_epoch, budget.lr_decay2_epoch) if e))
+    if lr:
+        return f"{budget.lr:g} {drops}".rstrip()
+    return f", lr {drops}" if drops else ""
 
 
 def convergence(full_runs, epochs, chance=0.9):
