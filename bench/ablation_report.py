@@ -53,8 +53,8 @@ class ReportContext:
     fig1_budget: object = None  # Figure 1's Budget (its epochs cap a run); None: the same as `budget`
 
     @property
-    def fig1_epochs(self):
-        return (self.fig1_budget or self.budget).epochs
+    def figure1_budget(self):
+        return self.fig1_budget or self.budget
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ def claim_tests(variants, results, context):
     alpha = ALPHA / max(1, len(claims) + context.untested_claims)
     tests = {name: claim_test(CLAIMS[name], results[name], full, alpha) for name in names}
     if speed:
-        cap = context.fig1_epochs
+        cap = context.figure1_budget.epochs
         best, _ = figure1(results, context.fig1, context.figure1_error, cap * full[0].steps_per_epoch)
         steps = {a: [steps_to(r, context.figure1_error, cap * r.steps_per_epoch)[0]
                      for r in results[best[a][0].name]] for a in ("relu", "tanh")}
@@ -281,7 +281,7 @@ def write_report(path, figures_dir, variants, results, *, context):
     text += convergence(full, b.epochs)[0] + "\n\n" + table(variants, results, rows) + "\n\n" + RULE + "\n\n"
     text += f"![training curves per variant]({rel}/curves.png)\n\n"
     if context.fig1:
-        budget_steps = context.fig1_epochs * steps
+        budget_steps = context.figure1_budget.epochs * steps
         best, fig_rows = figure1(results, context.fig1, context.figure1_error, budget_steps)
         plot_figure1(results[best["relu"][0].name], results[best["tanh"][0].name],
                      figures_dir / "figure1_relu_tanh.png", context.figure1_error)
@@ -289,8 +289,8 @@ def write_report(path, figures_dir, variants, results, *, context):
                  "no lighting); ReLU and tanh each at the rates "
                  f"{', '.join(f'{v.lr:g}' for v in context.fig1 if v.activation == 'relu')}; a run stops at "
                  f"{100 * context.figure1_error:.0f}% training error (as trained, measured at epoch ends, so steps "
-                 f"are multiples of {steps}), at most {context.fig1_epochs} epochs"
-                 + schedule_text(context.fig1_budget or b, lr=False)
+                 f"are multiples of {steps}), at most {context.figure1_budget.epochs} epochs"
+                 + schedule_text(context.figure1_budget, lr=False)
                  + ". Best rate: fewest mean steps.\n\n"
                  "| activation | lr | steps to 25% per seed | mean | diverged |\n| --- | --- | --- | --- | --- |\n"
                  + "\n".join(fig_rows) + "\n\n"
