@@ -2,6 +2,7 @@
 paper's claim beside it, a paired test against the reference (bench/ablation_stats.py) and the verdict its
 Holm-corrected p gives."""
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,7 +170,8 @@ def _effect(row):
     if row.claim.measure == "speed":
         return f"tanh/ReLU steps {t.effect:.2f}x [{t.low:.2f}, {t.high:.2f}]", f"{t.mde:.2f}x"
     unit = {"train": "train error", "gap": "gap"}.get(row.claim.measure, "val error")
-    return (f"{100 * t.effect:+.1f} [{100 * t.low:+.1f}, {100 * t.high:+.1f}] {unit}", f"{100 * t.mde:.1f}")
+    mde = "none: no image differs" if math.isnan(t.mde) else f"{100 * t.mde:.1f}"
+    return f"{100 * t.effect:+.1f} [{100 * t.low:+.1f}, {100 * t.high:+.1f}] {unit}", mde
 
 
 def schedule_text(budget, lr=True):

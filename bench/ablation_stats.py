@@ -51,7 +51,11 @@ def paired_bootstrap(parts, *, draws=BOOTSTRAP_DRAWS, seed=0):
 
 
 def mde_normal(se, alpha=ALPHA):
-    """Smallest effect a two-sided test at `alpha` detects with 80% power when the estimate's standard error is se."""
+    """Smallest effect a two-sided test at `alpha` detects with 80% power when the estimate's standard error is se.
+    nan where se is 0: every bootstrap draw gave the same effect because no image differed between the arms (both
+    fit the training set, say), which says nothing of the test's power; an MDE of 0 would claim perfect power."""
+    if se == 0:
+        return math.nan
     return float((stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(POWER)) * se)
 
 

@@ -147,6 +147,18 @@ def test_report_table_figures_and_links(tmp_path):
     assert "**Crop 64**" in text and "0.0 points" not in text
 
 
+def test_a_claim_where_no_image_differs_has_no_minimum_detectable_effect(tmp_path):
+    """Weight decay's claim is read off clean training error; when both arms fit every training image (as at a
+    converged budget) the test is empty: the report says so instead of an MDE of 0, which would claim full power."""
+    variants = [variant("full"), variant("no_wd")]
+    results = {name: [run(name, s, [0.5, 0.0], [0.5, 0.2], 0.0, val_wrong=range(100 + s)) for s in (0, 1)]
+               for name in ("full", "no_wd")}
+    write_report(tmp_path / "A.md", tmp_path / "figs", variants, results, context=context(epochs=2))
+    row = next(line for line in (tmp_path / "A.md").read_text().splitlines() if line.startswith("| no weight decay"))
+    assert "| +0.0 [+0.0, +0.0] train error | none: no image differs |" in row
+    assert "0 vs 0 discordant" in row and row.rstrip(" |").endswith("not visible at this scale")
+
+
 def test_convergence_is_checked_over_the_last_quarter():
     still = [run("full", s, [0.9, 0.8, 0.6, 0.5], [0.9, 0.8, 0.7, 0.5], 0.4) for s in (0, 1)]
     text, ok = convergence(still, 4)

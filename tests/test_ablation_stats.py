@@ -57,6 +57,7 @@ def test_no_difference_is_not_significant():
     same = [bits({1, 2, 3}, 50)] * 4
     t = error_difference(same, same)
     assert t.effect == 0 and t.p == 1.0 and t.low == 0 == t.high
+    assert math.isnan(t.mde)  # no image differs: the bootstrap's zero spread says nothing of the test's power
 
 
 def test_mde_is_the_80_percent_power_distance_in_standard_errors():
