@@ -201,10 +201,11 @@ def convergence(full_runs, epochs, chance=0.9):
     if end > chance - 0.1:
         # flat at chance is a plateau, not convergence (the shapes set starts with one: docs/BENCHMARKS.md)
         return text + "still within 10 points of chance, **not converged**: it has not yet learnt.", False
-    ok = abs(end - start) < 0.01
+    moved = 100 * abs(end - start)  # points
+    ok = moved < 1
     # two decimals when converged: a rounded "11.1% to 11.0%" would read as 0.1 where the move was 0.18
-    return text + (f"moved by {100 * abs(end - start):.2f} points, less than 1, **converged** by the rule." if ok else
-                   f"moved by {100 * abs(end - start):.1f} points, **not converged**: every row partly measures how "
+    return text + (f"moved by {moved:.2f} points, less than 1, **converged** by the rule." if ok else
+                   f"moved by {moved:.1f} points, **not converged**: every row partly measures how "
                    "soon a variant learns, not where it would end."), ok
 
 
