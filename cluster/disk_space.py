@@ -41,7 +41,7 @@ def disk_of(folder):
 
 def needs(cfg, storage_is_local, size):
     """Ray keeps CHECKPOINTS_KEPT checkpoints and persists a new one before it deletes the oldest; rank 0 first
-    writes each one to its temporary folder (cluster/train.py). A resumed run's checkpoints already take their
+    writes each one to its temporary folder (cluster/worker.py). A resumed run's checkpoints already take their
     room. `size`: one checkpoint's bytes."""
     out = []
     if storage_is_local:

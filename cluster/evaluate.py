@@ -4,7 +4,7 @@ validation set, in this process, without Ray (the evaluation torchvision's refer
     python cluster/launch.py --name my-run --test-only [--output-dir runs] [--data SHARDS] [-j 8]
 
 The net is built from the run's config.json (cluster/report.py's single-device form, which loads the split net's
-state_dict), the validation loader is cluster/train.py's last-epoch 10-crop loader, and the numbers come from
+state_dict), the validation loader is cluster/worker.py's last-epoch 10-crop loader, and the numbers come from
 cluster/loop.py's evaluate: the same definitions as a run's val_top1_error_10crop / val_top5_error_10crop.
 """
 import dataclasses
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from cluster.config import TrainConfig
 from cluster.loop import evaluate, loader_settings
+from cluster.recipe import TrainConfig
 from cluster.report import ReportError, RunSettings, build_model, load_model_state
 from cluster.run_files import checkpoint_dirs
 from pipeline import manifest as mf

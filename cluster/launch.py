@@ -7,7 +7,7 @@
     python cluster/launch.py --name my-run --test-only            # 10-crop top-1/top-5 of its checkpoint
 
 The recipe is per image at any replica count: --lr is the rate for a global batch of 128 (the paper's one replica),
-and the run uses lr x global batch / 128 after a linear warmup (cluster/config.py). --preset paper|demo fills in the
+and the run uses lr x global batch / 128 after a linear warmup (cluster/recipe.py). --preset paper|demo fills in the
 flags you leave out (batch, epochs, crop, init, lr patience); the default is demo on the embedded demo set, paper
 otherwise. Without GPUs everything runs on the CPU with gloo (the same code path, said once).
 Outputs go to --output-dir/--name (config.json, metrics.jsonl, events.jsonl, tensorboard/, summary.json, figures),
@@ -23,8 +23,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from cluster.config import PRESETS, describe  # noqa: E402
-from cluster.settings import LaunchError, new_config, plan_resources, resumed_config  # noqa: E402
+from cluster.recipe import PRESETS, describe  # noqa: E402
+from cluster.resolve import LaunchError, new_config, plan_resources, resumed_config  # noqa: E402
 from pipeline import manifest as mf  # noqa: E402
 
 DEFAULT_DATA = Path("data/shards")
@@ -147,7 +147,7 @@ def explicit_flags(argv):
 
 def failure_point():
     """(epoch, step) from $ALEXNET_INJECT_FAILURE: the fault-tolerance test's hook, kept out of the run's settings."""
-    from cluster.train import FAILURE_ENV
+    from cluster.worker import FAILURE_ENV
     text = os.environ.get(FAILURE_ENV)
     if not text:
         return None
@@ -212,7 +212,7 @@ def main(argv=None):
             if cfg.grad_compression != "none" and cfg.workers > 1:
                 print(f"gradients all-reduced in {cfg.grad_compression} (--grad-compression), weights and updates in "
                       "fp32", flush=True)
-            from cluster.run import fit
+            from cluster.driver import fit
             return fit(cfg, inject_failure)
         finally:
             ray.shutdown()

@@ -1,5 +1,5 @@
-"""The training step, the evaluation and the learning-rate schedule, without Ray: the Ray workers (cluster/train.py)
-and the single-process ablations (bench/ablate.py) run this same code. Sums across data-parallel ranks go through
+"""The training step, the evaluation and the learning-rate schedule, without Ray: the Ray workers (cluster/worker.py)
+and the single-process ablations (experiments/ablation/) run this same code. Sums across data-parallel ranks go through
 torch.distributed when a process group is up, and are local otherwise.
 """
 import math
@@ -10,14 +10,14 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from cluster.config import MAX_LR_DECAYS
+from cluster.recipe import MAX_LR_DECAYS
 
 
 @dataclass
 class LrSchedule:
     """lr at every step: a linear ramp (the warmup) from base_lr to the peak, then the peak divided by 10 per decay.
 
-    The peak is passed in, not stored as a setting, because it follows the number of replicas (cluster/config.py),
+    The peak is passed in, not stored as a setting, because it follows the number of replicas (cluster/recipe.py),
     which changes when an elastic run restarts with another world size or a run is resumed with another --workers.
     start() is told the peak at every (re)start: when it is higher than the one the run trained at, the rate ramps
     again, from where it was to the new one, as the launch rule warms up to a scaled rate (Goyal et al.) instead of
@@ -28,7 +28,7 @@ class LrSchedule:
     times, never counted during a ramp. step: a decay every `step_size` epochs.
 
     warmup_steps: the run's first steps (counted from epoch 0 with steps_per_epoch, which the caller sets) are scaled
-    by (step + 1) / warmup_steps, on top of the above: the paper preset's start (bench/init_check.py).
+    by (step + 1) / warmup_steps, on top of the above: the paper preset's start (benchmarks/init_check.py).
     """
     base_lr: float
     warmup_epochs: int

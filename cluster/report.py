@@ -1,7 +1,7 @@
 """What a run leaves for people: summary.json, learning curves, the paper's Figure 3 (conv1 kernels) and Figure 4
 (top-5 predictions and fc7 nearest neighbours), all in the run directory.
 
-    python cluster/report.py RUN_DIR                        # redo every figure and the summary from RUN_DIR alone
+    python -m cluster.report RUN_DIR                        # redo every figure and the summary from RUN_DIR alone
 
 At the end of a run: write_all(run_dir, summary_fields, checkpoint, config). A run directory holds config.json (the
 run's resolved settings: RunSettings' keys at least), metrics.jsonl (one line per epoch) and summary.json, whose
@@ -13,12 +13,9 @@ import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-if __name__ == "__main__":  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cluster.config import CONFIG_FILE  # noqa: E402
-from cluster.figures import plot_conv1, plot_figure4, plot_learning_curves  # noqa: E402
-from cluster.run_files import CHECKPOINT_FILE, METRICS_FILE, read_jsonl  # noqa: E402
+from cluster.figures import plot_conv1, plot_figure4, plot_learning_curves
+from cluster.recipe import CONFIG_FILE
+from cluster.run_files import CHECKPOINT_FILE, METRICS_FILE, read_jsonl
 
 DEFAULT_TRAIN_SUBSET = 20000
 FROM_METRICS = ("val_top1_error", "val_top5_error", "val_top1_error_10crop", "val_top5_error_10crop", "epochs",

@@ -1,11 +1,11 @@
 """The names of the files a run leaves and the JSON-lines format of its logs, defined once for the code that writes
-them (cluster/outputs.py, cluster/train.py) and the code that reads them (cluster/report.py, cluster/run.py). No Ray
+them (cluster/outputs.py, cluster/worker.py) and the code that reads them (cluster/report.py, cluster/driver.py). No Ray
 imports here: report.py redoes a run's figures on a machine without a cluster."""
 import json
 from pathlib import Path
 
 CHECKPOINT_FILE = "checkpoint.pt"  # inside each of Ray's checkpoint directories
-CHECKPOINTS_KEPT = 2  # Ray keeps the newest two (cluster/run.py); cluster/disk_space.py counts the room they take
+CHECKPOINTS_KEPT = 2  # Ray keeps the newest two (cluster/driver.py); cluster/disk_space.py counts the room they take
 METRICS_FILE = "metrics.jsonl"  # in the run directory: one line per epoch
 EVENTS_FILE = "events.jsonl"  # in the run directory: failures, lost nodes
 

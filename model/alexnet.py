@@ -80,7 +80,7 @@ def kaiming_init_(module, mode="fan_out"):
     pixel, so fan-out weights are ~6x smaller than fan-in ones and the signal falls from ~10 after conv1 to ~1 by
     conv5, the logits depending on the image from the first step. Fan-in would carry the inputs' scale to the logits
     (a first loss of ~14 on 10 classes); inputs divided by the std with fan-out leave logits that hardly depend on
-    the image (a plateau at chance). bench/init_check.py measures all of these (docs/BENCHMARKS.md)."""
+    the image (a plateau at chance). benchmarks/init_check.py measures all of these (docs/BENCHMARKS.md)."""
     if mode not in ("fan_out", "fan_in"):
         raise ValueError(f"mode must be 'fan_out' or 'fan_in', got {mode!r}")
     for name, m in module.named_modules():

@@ -8,7 +8,7 @@ from pathlib import Path
 from pipeline import archives, object_store
 
 # (train, val) images per class of each embedded set. Shapes: a small training set, so that a run without dropout or
-# augmentation can overfit it within the ablation's budget (bench/ablate.py), and a larger validation set for
+# augmentation can overfit it within the ablation's budget (experiments/ablation/), and a larger validation set for
 # less noisy comparisons.
 DEMO_PER_CLASS = {"colours": (130, 30), "shapes": (80, 50)}
 

@@ -9,7 +9,7 @@ run of that size reads. torchvision's DistributedSampler permutes samples; files
 reads sequential.
 
 Batch-mates: two samples that shared a batch in one epoch share one again in the next about 1 + F*N/(4*B^2) times
-as often as chance (F samples per shard file, N in the split, B the loader's shuffle buffer); bench/batch_mates.py
+as often as chance (F samples per shard file, N in the split, B the loader's shuffle buffer); benchmarks/batch_mates.py
 simulates it for ImageNet, and docs/BENCHMARKS.md has its figures beside the old fixed order's. Smaller shard files
 or a larger buffer bring it nearer 1.
 

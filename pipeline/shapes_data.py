@@ -27,10 +27,10 @@ SHAPES_NAMES = ["disc", "triangle", "square", "star", "cross", "ring", "crescent
 PREFIX = "shapes:"
 RAW = 256  # resolution of the reference masks that set each shape's unit area
 CROP_FRACTION = 112 / 128  # the paper's 224 of 256: the share of the shorter side a training crop keeps
-# How hard the set is: hard enough that the recipe's techniques matter within bench/ablate.py's budget, easy enough
+# How hard the set is: hard enough that the recipe's techniques matter within the ablation's budget, easy enough
 # to be learnt in it. Smaller objects, fuller gradients, more clutter and free rotation left the net at chance; a
 # plain background with one large object let every variant do equally well. What each setting measured:
-# docs/BENCHMARKS.md ("The shapes ablation set"); the ablation's results: docs/ABLATIONS.md.
+# docs/BENCHMARKS.md ("The shapes ablation set"); the ablation's results: experiments/ablation/REPORT.md.
 MAX_TILT = 20  # degrees either way
 AREA = (0.08, 0.25)  # object area, a share of the shorter side squared
 CLUTTER = (0, 3)  # strokes and specks per picture, [low, high)

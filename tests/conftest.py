@@ -1,15 +1,13 @@
 """Shared fixtures: small generated datasets (no downloads) and the gpu marker's skip."""
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from pipeline import build_shards, demo_data
 
-from pipeline import build_shards, demo_data  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def pytest_collection_modifyitems(config, items):

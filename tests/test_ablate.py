@@ -1,4 +1,4 @@
-"""bench/ablate.py: the verdict rule, the centre-crop training loader it needs, and the --quick run end to end."""
+"""The ablation study: the verdict rule, the centre-crop training loader it needs, and the --quick run end to end."""
 import dataclasses
 import json
 
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from bench import ablate
-from bench.ablation_report import ReportContext, claim_tests, convergence, figure1, write_report
-from bench.ablation_stats import error_difference
-from bench.ablation_train import Budget, Budgets, EpochRecord, RunResult
+from experiments.ablation import study as ablate
+from experiments.ablation.report import ReportContext, claim_tests, convergence, figure1, write_report
+from experiments.ablation.stats import error_difference
+from experiments.ablation.train import Budget, Budgets, EpochRecord, RunResult
 from pipeline.loader import make_loader
 
 
@@ -25,7 +25,7 @@ def run(name, seed, train_errors, val_errors, clean_train, *, val_wrong=(), trai
 
 
 def context(seeds=2, fig1=(), epochs=3):
-    return ReportContext(command="python bench/ablate.py", budget=Budget(epochs=epochs, crop=64), seeds=seeds,
+    return ReportContext(command="python -m experiments.ablation", budget=Budget(epochs=epochs, crop=64), seeds=seeds,
                          fig1=list(fig1), figure1_error=0.25, minutes=0.0)
 
 
@@ -78,7 +78,7 @@ def test_speed_claim_is_tested_on_the_figure1_sweep_at_each_best_rate():
 
 
 def test_figure1_runs_that_never_get_there_count_at_figure1s_own_cap():
-    """Figure 1 keeps its own budget (bench/ablation_train.Budgets): a run that never reached 25% counts at its cap
+    """Figure 1 keeps its own budget (train.Budgets): a run that never reached 25% counts at its cap
     (5 epochs of 25 steps here), not at the variants' 84 epochs."""
     args = ablate.get_args_parser().parse_args(["--quick"])
     args.fig1_lr_factors, args.lr = [1.0], 0.01
@@ -96,7 +96,7 @@ def test_figure1_runs_that_never_get_there_count_at_figure1s_own_cap():
 def test_partial_report_tests_figure1_before_the_tanh_variant_has_run():
     """The speed claim is tested on the Figure 1 sweep alone: a partial report with the sweep but not the tanh
     variant tests it (its own row), and counts only the other six claims as untested."""
-    from bench.ablation_report import table, testable_claims
+    from experiments.ablation.report import table, testable_claims
     args = ablate.get_args_parser().parse_args(["--quick"])
     args.fig1_lr_factors, args.lr = [1.0], 0.01
     fig1 = ablate.figure1_variants(args)
@@ -114,7 +114,7 @@ def test_partial_report_tests_figure1_before_the_tanh_variant_has_run():
 
 
 def test_schedule_text_and_default_drops():
-    from bench.ablation_report import schedule_text
+    from experiments.ablation.report import schedule_text
     two_drops = Budget(84, lr_decay_epoch=52, lr_decay2_epoch=60)
     assert schedule_text(two_drops) == "0.0025 / 10 from epoch 53, / 100 from epoch 61"
     assert schedule_text(Budget(70, lr_decay_epoch=52), lr=False) == ", lr / 10 from epoch 53"
@@ -259,7 +259,7 @@ def test_finished_runs_are_reused_whatever_their_thread_count(tmp_path):
 def test_runs_saved_before_the_second_lr_drop_existed_keep_their_meaning(tmp_path):
     """A run whose budget has no lr_decay2_epoch ran without a second drop: reused where the budget has none (Figure
     1's own budget), not where it has one; the schedule drops / 10 then / 100."""
-    from bench.ablation_train import StepDecay
+    from experiments.ablation.train import StepDecay
     args = ablate.get_args_parser().parse_args(["--runs-dir", str(tmp_path)])
     ablate.resolve(args)
     budgets = ablate.make_budgets(args)
@@ -323,7 +323,7 @@ def test_partial_report_names_what_is_not_trained(tmp_path, capsys):
 def test_claims_let_processes_share_the_runs_folder(tmp_path, monkeypatch):
     """A run claimed by a live process is skipped (and no report is written while it is missing); a claim left by a
     process that is gone is taken over; a finished run releases its claim."""
-    from bench import ablation_runs
+    from experiments.ablation import saved_runs as ablation_runs
     args = ablate.get_args_parser().parse_args(["--quick", "--runs-dir", str(tmp_path)])
     ablate.resolve(args)
     full, budget = ablate.VARIANTS[0], Budget(epochs=2)

@@ -1,11 +1,11 @@
-"""bench/ablation_stats.py on hand-made cases whose answers are known."""
+"""experiments/ablation/stats.py on hand-made cases whose answers are known."""
 import math
 
 import numpy as np
 import pytest
 from scipy import stats
 
-from bench.ablation_stats import (
+from experiments.ablation.stats import (
     error_difference,
     gap_difference,
     holm,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cluster import launch
-from cluster.settings import new_config
+from cluster.resolve import new_config
 from model import GroupedAlexNet
 from pipeline.loader import make_loader
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cluster import launch
-from cluster.config import PRESETS
+from cluster.recipe import PRESETS
 
 SLOW = pytest.mark.slow  # each of these starts a Ray cluster
 
@@ -87,7 +87,7 @@ def test_resume_continues_at_the_next_epoch_and_applies_only_changeable_flags(fi
 
 @SLOW
 def test_a_failing_worker_is_replaced_and_no_epoch_counts_twice(demo_shards, tmp_path, monkeypatch):
-    from cluster.train import FAILURE_ENV
+    from cluster.worker import FAILURE_ENV
     monkeypatch.setenv(FAILURE_ENV, "1:1")
     assert run(tmp_path, demo_shards, "--epochs", 2, "--name", "f", "--max-failures", 1) == 0
     run_dir = tmp_path / "runs" / "f"
@@ -102,7 +102,7 @@ def test_a_failing_worker_is_replaced_and_no_epoch_counts_twice(demo_shards, tmp
 
 def tiny_config(data, tmp_path, *flags):
     """A resolved TrainConfig for the demo shards, as launch.py makes it, on a 2-CPU cluster without GPUs."""
-    from cluster.settings import new_config, plan_resources
+    from cluster.resolve import new_config, plan_resources
     args = launch.get_args_parser().parse_args(["--data", str(data), "--output-dir", str(tmp_path), "--name", "t",
                                                 *TINY, *flags])
     return plan_resources(new_config(args, data), {"CPU": 2})
@@ -113,7 +113,7 @@ def _grad_digest_loop(loop_config):
     import ray.train
     import torch.distributed as dist
 
-    from cluster.train import build_replica, replica_devices
+    from cluster.worker import build_replica, replica_devices
 
     cfg = loop_config["config"]
     torch.manual_seed(0)  # same initial weights on every rank
@@ -152,7 +152,7 @@ def test_gradients_are_identical_across_replicas(demo_shards, tmp_path):
 
 
 def test_too_small_a_cluster_is_a_clear_error_not_a_wait(demo_shards, tmp_path, capsys):
-    from cluster.settings import LaunchError
+    from cluster.resolve import LaunchError
     with pytest.raises(LaunchError, match="needs 128 CPUs and 0 GPUs .*--wait-for-resources"):
         tiny_config(demo_shards, tmp_path, "--cpus-per-worker", "64")
     cfg = tiny_config(demo_shards, tmp_path, "--cpus-per-worker", "64", "--wait-for-resources")
@@ -167,7 +167,7 @@ def test_too_small_a_cluster_is_a_clear_error_not_a_wait(demo_shards, tmp_path, 
     (["--workers", "2", "-j", "1", "--cpus-per-worker", "1"], {"CPU": 8}, (0.0, 1.0, 1, "gloo")),
 ])
 def test_plan_resources_from_what_the_cluster_has(demo_shards, tmp_path, flags, available, expected):
-    from cluster.settings import new_config, plan_resources
+    from cluster.resolve import new_config, plan_resources
     args = launch.get_args_parser().parse_args(["--data", str(demo_shards), "--output-dir", str(tmp_path),
                                                 "--name", "p", "-b", "8", *flags])
     cfg = plan_resources(new_config(args, demo_shards), available)
@@ -177,7 +177,7 @@ def test_plan_resources_from_what_the_cluster_has(demo_shards, tmp_path, flags, 
 
 
 def test_nccl_without_whole_gpus_is_refused(demo_shards, tmp_path):
-    from cluster.settings import LaunchError
+    from cluster.resolve import LaunchError
     with pytest.raises(LaunchError, match="--backend nccl needs whole GPUs"):
         tiny_config(demo_shards, tmp_path, "--backend", "nccl", "--gpus-per-worker", "0.5")
 
@@ -224,7 +224,7 @@ def saved_run(data, tmp_path, *flags):
 
 
 def resumed(argv):
-    from cluster.settings import resumed_config
+    from cluster.resolve import resumed_config
     return resumed_config(launch.get_args_parser().parse_args(argv), launch.explicit_flags(argv))
 
 
@@ -273,7 +273,7 @@ def test_resume_keeps_an_elastic_runs_minimum(demo_shards, tmp_path):
 
 
 def test_the_failure_hook_aims_at_a_rank_of_the_live_world():
-    from cluster.train import failure_hook
+    from cluster.worker import failure_hook
     hook = failure_hook((1, 1), rank=0, world=1, start_epoch=0)  # --workers 2 shrunk to 1: rank 0 is all there is
     hook(0, 1)
     hook(1, 0)
@@ -288,8 +288,8 @@ def test_the_failure_hook_aims_at_a_rank_of_the_live_world():
 def test_the_failure_hook_is_no_setting_of_the_run(demo_shards, tmp_path, capsys, monkeypatch, no_ray):
     import dataclasses
 
-    from cluster.config import TrainConfig
-    from cluster.train import FAILURE_ENV
+    from cluster.recipe import TrainConfig
+    from cluster.worker import FAILURE_ENV
     assert "inject_failure" not in {f.name for f in dataclasses.fields(TrainConfig)}
     with pytest.raises(SystemExit):
         launch.get_args_parser().parse_args(["--inject-failure", "1:1"])

@@ -1,5 +1,5 @@
 """A disk without room for the checkpoints is refused before Ray starts, naming the folder and the sizes; the size
-it counts is the size of a checkpoint as cluster/train.py writes it."""
+it counts is the size of a checkpoint as cluster/worker.py writes it."""
 import collections
 import dataclasses
 import io

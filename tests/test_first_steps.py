@@ -1,14 +1,14 @@
 """The demo preset learns from its first steps (issue 17): on a tiny set the training loss falls clearly below where
 it started within a dozen steps, in the same loop as the workers (the split model, the DALI loader, cluster/loop.py's
 optimizer), with the preset's init and inputs at lr 0.01 per 40 images (above the preset's rate, so that a dozen steps
-on 120 images show it). The speed targets themselves are measured by bench/first_steps.py, not here."""
+on 120 images show it). The speed targets themselves are measured by benchmarks/first_steps.py, not here."""
 import math
 
 import torch
 import torch.nn.functional as F
 
-from cluster.config import PRESETS
 from cluster.loop import make_optimizer
+from cluster.recipe import PRESETS
 from model import AlexNet
 from pipeline.loader import make_loader
 

@@ -1,4 +1,4 @@
-"""bench/gpu_check.py --smoke runs every step on CPU at tiny sizes, so the GPU script cannot rot unnoticed."""
+"""gpu_check/check.py --smoke runs every step on CPU at tiny sizes, so the GPU script cannot rot unnoticed."""
 import json
 import subprocess
 import sys
@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_gpu_check_smoke_runs_every_step(tmp_path):
-    proc = subprocess.run([sys.executable, "bench/gpu_check.py", "--smoke", "--out", str(tmp_path), "-j", "2"],
+    proc = subprocess.run([sys.executable, "-m", "gpu_check", "--smoke", "--out", str(tmp_path), "-j", "2"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
@@ -45,7 +45,7 @@ def test_gpu_check_smoke_runs_every_step(tmp_path):
 
 
 def test_steps_flag_adds_the_shards_a_step_needs():
-    from bench.gpu_check import chosen_steps
+    from gpu_check.check import chosen_steps
     assert [s.name for s in chosen_steps("profile,model")] == ["model", "profile"]
     assert [s.name for s in chosen_steps("training")] == ["shards", "training"]
     with pytest.raises(SystemExit, match="--steps: unknown step"):
@@ -53,12 +53,12 @@ def test_steps_flag_adds_the_shards_a_step_needs():
 
 
 def _est(**seconds):
-    from bench.gpu_plan import Estimate
+    from gpu_check.plan import Estimate
     return {name: Estimate(s, "test") for name, s in seconds.items()}
 
 
 def test_plan_runs_in_priority_order_and_skips_what_does_not_fit():
-    from bench.gpu_plan import plan
+    from gpu_check.plan import plan
     steps = [("shards", ()), ("launch", ("shards",)), ("model", ()), ("compiled", ()), ("lrn", ())]
     decisions = plan(steps, _est(shards=20, launch=150, model=15, compiled=200, lrn=30), budget_s=230)
     assert [(d.step, d.run) for d in decisions] == [("shards", True), ("launch", True), ("model", True),
@@ -68,7 +68,7 @@ def test_plan_runs_in_priority_order_and_skips_what_does_not_fit():
 
 
 def test_plan_skips_a_step_whose_shards_did_not_run():
-    from bench.gpu_plan import plan
+    from gpu_check.plan import plan
     decisions = plan([("shards", ()), ("launch", ("shards",)), ("model", ())], _est(shards=50, launch=1, model=1),
                      budget_s=10)
     assert [d.run for d in decisions] == [False, False, True]
@@ -76,14 +76,14 @@ def test_plan_skips_a_step_whose_shards_did_not_run():
 
 
 def test_decide_uses_the_time_really_spent():
-    from bench.gpu_plan import Estimate, decide
+    from gpu_check.plan import Estimate, decide
     est = Estimate(60, "test")
     assert decide("profile", est, budget_s=270, spent_s=200).run
     assert not decide("profile", est, budget_s=270, spent_s=211).run
 
 
 def test_estimates_take_the_slowest_recorded_run_and_name_guesses():
-    from bench.gpu_plan import ADDED_SINCE_RECORDS_S, UNMEASURED_GUESS_S, estimates
+    from gpu_check.plan import ADDED_SINCE_RECORDS_S, UNMEASURED_GUESS_S, estimates
     records = [{"smoke": False, "steps": {"loader": {"seconds": 8.6}, "launch": {"error": "x", "seconds": 2.0}}},
                {"smoke": False, "steps": {"loader": {"seconds": 15.3}}},
                {"smoke": True, "steps": {"loader": {"seconds": 99.0}}}]  # a smoke run's time says nothing
@@ -96,21 +96,21 @@ def test_estimates_take_the_slowest_recorded_run_and_name_guesses():
 
 
 def test_every_step_has_an_estimate_from_the_kept_records():
-    from bench.gpu_check import STEPS
-    from bench.gpu_plan import estimates, load_records
+    from gpu_check.check import STEPS
+    from gpu_check.plan import estimates, load_records
     est = estimates([s.name for s in STEPS], load_records())
     assert est["shards"].source.startswith("recorded") and est["shards"].seconds > 0
 
 
 def test_plan_only_prints_the_plan_and_what_it_skips(capsys):
-    from bench.gpu_check import main
+    from gpu_check.check import main
     assert main(["--plan-only", "--budget-s", "60"]) == 0
     out = capsys.readouterr().out
     assert "plan (--budget-s 60.0):" in out and "SKIP launch" in out and "does not fit" in out
 
 
 def test_skipped_in_runs_what_the_first_run_skipped(tmp_path):
-    from bench.gpu_check import skipped_in
+    from gpu_check.check import skipped_in
     report = tmp_path / "gpu_check.json"
     report.write_text(json.dumps({"steps": {"shards": {"data": "/x/shards"}},
                                   "skipped": {"profile": "...", "compiled_variants": "..."}}))
@@ -124,15 +124,15 @@ def test_launch_cases_past_the_budget_are_skipped_not_run(tmp_path):
     import argparse
     import time
 
-    from bench.gpu_check_steps import SMOKE, Context
-    from bench.gpu_launch import step_launch
+    from gpu_check.launch_step import step_launch
+    from gpu_check.steps import SMOKE, Context
     ctx = Context(argparse.Namespace(out=tmp_path, workers=1), SMOKE, gpu=False, data=str(tmp_path / "none"),
                   deadline=time.time() + 5)  # under the 10 s a case needs at least
     assert step_launch(ctx) == {"cpu.skipped": "--budget-s ran out before this case", "exit_code": 0}
 
 
 def test_busy_time_is_the_union_of_overlapping_intervals():
-    from bench.gpu_fed import busy_us
+    from gpu_check.fed import busy_us
     # DALI's kernels on their own stream overlap the model's: counted once, and gaps not at all
     assert busy_us([(0, 10), (5, 12), (20, 25), (21, 22)]) == 17
     assert busy_us([(3, 4), (0, 1)]) == 2
@@ -142,7 +142,7 @@ def test_busy_time_is_the_union_of_overlapping_intervals():
 def test_wait_timer_counts_the_time_blocked_in_the_loader():
     import time
 
-    from bench.gpu_fed import WaitTimer
+    from gpu_check.fed import WaitTimer
 
     def slow_loader():
         for i in range(3):

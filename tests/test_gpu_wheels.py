@@ -1,8 +1,8 @@
-"""bench/gpu_wheels_check.py: the wheels the GPU image lacks are picked, and a dependency that neither they nor the
-image provide fails the check here (with fake wheels, offline; the real set is resolved by bench/gpu_wheels.sh)."""
+"""gpu_check/wheels_check.py: the wheels the GPU image lacks are picked, and a dependency that neither they nor the
+image provide fails the check here (with fake wheels, offline; the real set is resolved by gpu_check/wheels.sh)."""
 import pytest
 
-from bench.gpu_wheels_check import main, read_image_list, select, write_wheel
+from gpu_check.wheels_check import main, read_image_list, select, write_wheel
 
 
 @pytest.fixture

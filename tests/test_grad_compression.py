@@ -19,7 +19,7 @@ import torch
 import torch.multiprocessing as mp
 
 from cluster import launch
-from cluster.compression import CompressionError, check_backend
+from cluster.grad_compression import CompressionError, check_backend
 
 STEPS, KINDS = 3, ("none", "bf16", "fp16")
 UNIT_ROUNDOFF = {"bf16": 2.0 ** -8, "fp16": 2.0 ** -11}
@@ -36,7 +36,7 @@ def _train_each_kind(rank, cfg, port, out):
     import torch.distributed as dist
 
     from cluster.loop import make_optimizer
-    from cluster.train import build_replica, replica_devices
+    from cluster.worker import build_replica, replica_devices
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
@@ -69,7 +69,7 @@ def rel_error(a, b):
 @pytest.fixture(scope="module")
 def runs(demo_shards, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("compression")
-    from cluster.settings import new_config, plan_resources
+    from cluster.resolve import new_config, plan_resources
     args = launch.get_args_parser().parse_args(["--data", str(demo_shards), "--output-dir", str(tmp), "--workers",
                                                 "2", "-b", "8", "--crop", "64"])
     cfg = plan_resources(new_config(args, demo_shards), {"CPU": 2})
@@ -81,8 +81,8 @@ def runs(demo_shards, tmp_path_factory):
 
 
 def test_the_flag_is_recorded_in_config_json(demo_shards, tmp_path):
-    from cluster.config import TrainConfig
-    from cluster.settings import new_config
+    from cluster.recipe import TrainConfig
+    from cluster.resolve import new_config
     args = launch.get_args_parser().parse_args(["--data", str(demo_shards), "--output-dir", str(tmp_path),
                                                 "--workers", "2", "-b", "8", "--grad-compression", "bf16"])
     cfg = new_config(args, demo_shards)

@@ -5,9 +5,10 @@ import json
 import pytest
 import torch
 
-from cluster import launch, settings
-from cluster.config import TrainConfig, describe
-from cluster.train import loader_settings
+from cluster import launch
+from cluster import resolve as settings
+from cluster.recipe import TrainConfig, describe
+from cluster.worker import loader_settings
 
 
 def config(demo_shards, tmp_path, *flags):

@@ -123,7 +123,7 @@ def test_paper_initialisation():
     assert AlexNet(init="kaiming").columns[1].conv1.weight.std().item() == pytest.approx(he, rel=0.05)
     with pytest.raises(ValueError, match="init"):
         GroupedAlexNet(init="xavier")
-    kaiming_init_(k, "fan_in")  # bench/init_check.py's comparison: the fan of one output's inputs, 3 x 11 x 11
+    kaiming_init_(k, "fan_in")  # benchmarks/init_check.py's comparison: the fan of one output's inputs, 3 x 11 x 11
     assert k.conv1.weight.std().item() == pytest.approx((2 / (3 * 11 * 11)) ** 0.5, rel=0.05)
     with pytest.raises(ValueError, match="fan_out"):
         kaiming_init_(k, "fan_both")

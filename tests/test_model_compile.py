@@ -2,7 +2,7 @@
 
 Inductor on this 2-core CPU takes minutes for the whole net, so these tests compile with "aot_eager" (dynamo's
 tracing and AOTAutograd's forward/backward split, without generated kernels); tests/test_lrn.py runs inductor on
-the LRN, and bench/gpu_check.py on the whole net on a GPU."""
+the LRN, and gpu_check/check.py on the whole net on a GPU."""
 import pytest
 import torch
 from torch import nn

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from ray.cluster_utils import Cluster
 
-from cluster.config import PRESETS
+from cluster.recipe import PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

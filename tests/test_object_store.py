@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.loader_s3 import moto_server
+from benchmarks.loader_s3 import moto_server
 from cluster import launch, report
 from pipeline import build_shards as bs
 from pipeline import manifest as mf

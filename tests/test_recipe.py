@@ -3,8 +3,8 @@ rate, and the schedule state that survives a restart with another world size."""
 import pytest
 import torch
 
-from cluster.config import PRESETS, default_warmup_epochs, scaled_lr
 from cluster.loop import LrSchedule
+from cluster.recipe import PRESETS, default_warmup_epochs, scaled_lr
 
 
 @pytest.mark.parametrize("replicas, batch, expected", [(1, 128, 0.01), (4, 128, 0.04), (16, 128, 0.16),
@@ -141,7 +141,7 @@ def test_a_checkpoint_from_before_the_ramp_state_still_loads():
 
 def test_a_preset_fills_only_the_flags_left_out(demo_shards, tmp_path):
     from cluster import launch
-    from cluster.settings import new_config
+    from cluster.resolve import new_config
 
     def resolved(*flags):
         args = launch.get_args_parser().parse_args(["--data", str(demo_shards), "--output-dir", str(tmp_path),

@@ -45,7 +45,7 @@ def net():
 
 @pytest.fixture(scope="module")
 def checkpoint_dir(net, tmp_path_factory):
-    """A final checkpoint directory as cluster/train.py writes it (saved once: the state is ~240 MB)."""
+    """A final checkpoint directory as cluster/worker.py writes it (saved once: the state is ~240 MB)."""
     path = tmp_path_factory.mktemp("checkpoint") / "checkpoint_000001"
     path.mkdir()
     torch.save({"model": net.state_dict(), "epoch": 1}, path / "checkpoint.pt")
@@ -178,8 +178,8 @@ def test_class_names_fall_back_to_wnids():
 def test_report_cli_redoes_every_figure_and_the_summary(run_dir, checkpoint_dir):
     for name in ("learning_curves.png", "conv1_kernels.png", "figure4.png"):
         assert not (run_dir / name).exists()
-    out = subprocess.run([sys.executable, str(ROOT / "cluster" / "report.py"), str(run_dir), "--train-subset",
-                          str(SUBSET)], capture_output=True, text=True, cwd=run_dir)  # not the repo: a script
+    out = subprocess.run([sys.executable, "-m", "cluster.report", str(run_dir), "--train-subset", str(SUBSET)],
+                         capture_output=True, text=True, cwd=run_dir)  # not the repo: the installed package
     assert out.returncode == 0, out.stderr
     for name in ("learning_curves.png", "conv1_kernels.png", "figure4.png"):
         assert is_png(run_dir / name), name

@@ -1,7 +1,7 @@
-"""bench/scaling_model.py: the ring all-reduce term, the step model's overlap and walls, and AlexNet's byte count."""
+"""benchmarks/scaling_model.py: the ring all-reduce term, the step model's overlap and walls, and AlexNet's bytes."""
 import pytest
 
-from bench import scaling_model as sm
+from benchmarks import scaling_model as sm
 
 
 def setup(**kw):

@@ -1,1 +1,0 @@
-"""Benchmarks: each script measures and prints what it measured; docs/BENCHMARKS.md records the numbers."""
