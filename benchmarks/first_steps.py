@@ -7,7 +7,7 @@ per seed, as measured numbers (docs/BENCHMARKS.md, "First steps").
     (the paper preset's first steps: python -m benchmarks.init_check --preset paper --steps 100;
      why the shapes set starts slowly: python -m benchmarks.shapes_start)
 
-Targets (issue 17): demo: the training loss below ln 10 - 0.1 within 5 steps, val top-1 error <= 0.5 after epoch 1
+Targets: demo: the training loss below ln 10 - 0.1 within 5 steps, val top-1 error <= 0.5 after epoch 1
 and <= 0.1 by epoch 5, the whole job <= 300 s on a quiet machine. shapes: leaves chance within 2 epochs of 25 steps.
 "Leaves chance" is benchmarks/init_check.py's: the mean of the last 5 training losses below ln(classes) - 0.1.
 

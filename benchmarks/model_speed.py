@@ -6,7 +6,7 @@ goes (--profile).
     python -m benchmarks.model_speed --device cuda -b 128 256 --variants torch_lrn,fast_lrn,fast_lrn_cudnn,compiled
     python -m benchmarks.model_speed --device cuda -b 256 --variants torch_lrn,compiled --profile --out prof/
 
-Variants: torch_lrn (nn.LocalResponseNorm, as before issue 11), fast_lrn (model/lrn.py), fast_lrn_cudnn
+Variants: torch_lrn (nn.LocalResponseNorm, the replica before the fast LRN), fast_lrn (model/lrn.py), fast_lrn_cudnn
 (+ cudnn.benchmark), compiled (+ torch.compile), compiled_torch_lrn, cudagraphs (compile mode reduce-overhead,
 GPU only), no_lrn (the ceiling), single / single_torch_lrn (grouped convolutions on one device). Split variants
 put both columns on --device. Repeats alternate over all (variant, batch) pairs; the best of each is reported.

@@ -22,7 +22,7 @@ class Variant:
 
 
 _VARIANTS = [
-    Variant("torch_lrn", lrn_impl="torch"),  # the replica as it trained before issue 11
+    Variant("torch_lrn", lrn_impl="torch"),  # the replica as it trained before the fast LRN
     Variant("fast_lrn"),
     Variant("fast_lrn_cudnn", cudnn_benchmark=True),
     Variant("compiled", compile=True, cudnn_benchmark=True),

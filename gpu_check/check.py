@@ -9,7 +9,7 @@ model's speed, one replica training on the loader, correctness, then the profile
 
 Writes gpu_check.json and gpu_check.md to --out and prints the table. Needs the project's own dependencies (Ray
 only for the `launch` step, which runs cluster/launch.py end to end): see docs/GPU.md for installing them on a node
-without internet, and for the two-run plan that fits a 15-minute lend. Each step is independent: a step that fails
+without internet, and for fitting the check into a fixed time on a node. Each step is independent: a step that fails
 is recorded with its error and the others still run. Steps are registered in STEPS below in priority order (a Step
 names its function, which takes a gpu_check.steps.Context); each step's cost for --budget-s is estimated by
 gpu_check/plan.py from the runs recorded in gpu_check/records/.
@@ -118,8 +118,8 @@ def step_loader(ctx):
         result["gpu_train_img_s_3_epochs"] = three.img_s
         result["gpu_over_cpu"] = result["gpu_train_img_s"] / result["cpu_train_img_s"]
         # Each epoch's pipeline is built, and its shuffle buffer filled, in the background during the epoch before:
-        # on this small set that overlaps most of the measured epoch (on ImageNet, a sliver of it). The 2026-11-30
-        # H200 loader ran 33% below the 2026-11-26 H100's, before per-epoch pipelines: these say how much is that.
+        # on this small set that overlaps most of the measured epoch (on ImageNet, a sliver of it). These say how much
+        # of an epoch that costs (docs/BENCHMARKS.md, "Loader": why the H200 loader ran below the earlier H100's).
         result["gpu_epoch_build_s"] = [round(t.build_s, 3) for t in three.epochs]
         result["gpu_epoch_first_batch_s"] = [round(t.first_batch_s, 3) for t in three.epochs]
         result["gpu_epoch_wait_s"] = [round(t.wait_s, 3) for t in three.epochs]

@@ -1,9 +1,9 @@
 """One replica fed by the loader, for gpu_check/check.py: the replica both the `training` and the `fed_profile` steps
 train (FedReplica), and `fed_profile`, which says where a fed step's time goes.
 
-Why fed_profile exists: on the 2026-11-30 H200 the fed replica ran 6,230 img/s (batch 128) while the loader alone
-gave 13,671 (batch 256) and the model alone 13,281 (batch 128): about what their times add up to (6,737),
-consistent with loading and training not overlapping at all (docs/BENCHMARKS.md). Two explanations fit. The mixed
+Why fed_profile exists: on a GPU the fed replica has run at about the rate that the loader's and the model's times
+added up would give, consistent with loading and training not overlapping at all (docs/BENCHMARKS.md, "One replica
+fed by the loader"). Two explanations fit. The mixed
 decoder's kernels may share the GPU's SMs with training (then the GPU is busy all the time and the kernel table
 shows DALI's kernels taking the difference), or the step may wait for each batch on the host (then the GPU idles
 while the host waits in the loader). The step measures both: the host's time blocked in the loader per step, and
@@ -27,9 +27,9 @@ from model import AlexNet
 @dataclass
 class FedReplica:
     """The paper preset's start (its init, lr per 128 images, warmup steps, weights-only decay), as a run on ImageNet
-    would train, on the check's shards; bf16 + channels_last on the GPU. The 2026-11-30 H200 run paired the demo's
-    Kaiming init with the paper's lr 0.01 and no warmup, which no preset does, and its loss went to nan. A rate is
-    worth keeping even from a run whose loss is not finite (the arithmetic costs the same): `diverged` says so."""
+    would train, on the check's shards; bf16 + channels_last on the GPU. Pairing the demo's Kaiming init with the
+    paper's lr 0.01 and no warmup, which no preset does, sent the loss to nan (docs/BENCHMARKS.md). A rate is worth
+    keeping even from a run whose loss is not finite (the arithmetic costs the same): `diverged` says so."""
     loader: object
     model: torch.nn.Module
     opt: torch.optim.Optimizer

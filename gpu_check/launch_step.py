@@ -1,5 +1,5 @@
 """The GPU check's `launch` step: the real launcher (cluster/launch.py, Ray Train, the DALI loader, DDP) end to end on
-the lent node, each case as its own process as a user would run it, 2 epochs with --amp.
+a GPU node, each case as its own process as a user would run it, 2 epochs with --amp.
 
 - nccl: one replica on one GPU, NCCL (what every GPU run uses between replicas).
 - gloo_shared_gpu: two replicas sharing the one GPU (--gpus-per-worker 0.5); NCCL refuses two ranks on one device,

@@ -56,7 +56,7 @@ def _variants(ctx: Context, names):
 
 
 def step_model_variants(ctx: Context):
-    """Issue 11.2, eager: the LRN implementations (torch, fast, none) and cuDNN autotuning at the variants' batch."""
+    """Eager: the LRN implementations (torch, fast, none) and cuDNN autotuning at the variants' batch."""
     result = _variants(ctx, ctx.size.variants)
     base, best = result.get("torch_lrn_img_s"), result.get("best_img_s")
     if isinstance(base, float) and best:
@@ -65,7 +65,7 @@ def step_model_variants(ctx: Context):
 
 
 def step_compiled_variants(ctx: Context):
-    """Issue 11.2, compiled: torch.compile (inductor on the GPU) with each LRN, and CUDA graphs. Last in the check:
+    """Compiled: torch.compile (inductor on the GPU) with each LRN, and CUDA graphs. Last in the check:
     each variant compiles for about a minute before it is timed."""
     return {"compile_backend": ctx.size.compile_backend, **_variants(ctx, ctx.size.compiled_variants)}
 

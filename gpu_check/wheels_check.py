@@ -6,7 +6,7 @@
 project the image already has (gpu_check/image_packages.txt) stay behind, the rest are copied to --carry. Then
 `pip install --dry-run --no-index` resolves the requirements from --carry plus a stand-in wheel for each image
 package, for the node's Python and platform: a dependency that neither the carried wheels nor the image provide
-fails here, not on a lent GPU. A downloaded wheel that only an image package needs is left behind. A stand-in has
+fails here, not on the GPU node. A downloaded wheel that only an image package needs is left behind. A stand-in has
 the version the image list gives, else the version pip resolved here (the list does not say the image's): `pip
 check` on the node is the last word on those.
 """

@@ -1,4 +1,4 @@
-"""The demo preset learns from its first steps (issue 17): on a tiny set the training loss falls clearly below where
+"""The demo preset learns from its first steps: on a tiny set the training loss falls clearly below where
 it started within a dozen steps, in the same loop as the workers (the split model, the DALI loader, cluster/loop.py's
 optimizer), with the preset's init and inputs at lr 0.01 per 40 images (above the preset's rate, so that a dozen steps
 on 120 images show it). The speed targets themselves are measured by benchmarks/first_steps.py, not here."""

@@ -39,8 +39,8 @@ class Budget:
     """What every variant gets alike."""
     epochs: int
     batch_size: int = 32
-    # The paper's 0.01 per 128 images, at 32. At 0.01 (the 2026-11-28 budget) the paper's inputs kept the reference
-    # at chance for over 12 epochs and "no LRN" diverged (docs/BENCHMARKS.md, "The ablation's budget").
+    # The paper's 0.01 per 128 images, at 32. Why not 0.01 itself, as an earlier budget had it: docs/BENCHMARKS.md,
+    # "The ablation's budget".
     lr: float = 0.0025
     momentum: float = 0.9
     lr_decay_epoch: int = 0  # lr / 10 from this 0-based epoch on (0: never)
