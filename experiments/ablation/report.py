@@ -28,7 +28,7 @@ CLAIMS = {
                   "'several times faster' in general (sec. 3.1); tested on the Figure 1 sweep below", "speed"),
     "no_lrn": Claim("LRN lowers top-1 / top-5 error by 1.4% / 1.2% (sec. 3.3)", "val"),
     # At crop 112 this switch also changes pool5 from 2x2 to 3x3 (both are 6x6 at 224), which the adaptive pool
-    # before fc6 then spreads to 6x6: fc6 sees more spatial detail without overlap. ABLATIONS.md says so.
+    # before fc6 then spreads to 6x6: fc6 sees more spatial detail without overlap. The report says so.
     "no_overlap": Claim("overlapping pooling lowers top-1 / top-5 error by 0.4% / 0.3%, and overlapping models "
                         "overfit slightly less (sec. 3.4)", "val"),
     "no_dropout": Claim("without dropout the net 'exhibits substantial overfitting'; dropout roughly doubles the "
