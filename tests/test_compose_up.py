@@ -43,7 +43,7 @@ def docker_missing():
             urllib.request.urlopen(DEFAULT_TORCH_INDEX, timeout=10).close()
         except OSError as e:
             return (f"TORCH_INDEX_URL is not set and {DEFAULT_TORCH_INDEX} cannot be reached ({e}): set it to a "
-                    "reachable torch index (docker-here.sh prints one)")
+                    "reachable torch index (a local mirror of it will do)")
     return None
 
 
