@@ -59,7 +59,7 @@ def get_args_parser():
                         "records/) fits in this many seconds; the skipped ones are listed (default: no budget)")
     p.add_argument("--skipped-in", type=Path, default=None,
                    help="a previous run's gpu_check.json: run only the steps it skipped, on its shards unless --data "
-                        "is given (the second run of docs/GPU.md's plan; default: off)")
+                        "is given (the second run in docs/GPU.md's time budget; default: off)")
     p.add_argument("--plan-only", action="store_true",
                    help="print which steps would run within --budget-s and their estimates, run nothing "
                         "(default: off)")
