@@ -30,7 +30,7 @@ CROP_FRACTION = 112 / 128  # the paper's 224 of 256: the share of the shorter si
 # How hard the set is: hard enough that the recipe's techniques matter within the ablation's budget, easy enough
 # to be learnt in it. Smaller objects, fuller gradients, more clutter and free rotation left the net at chance; a
 # plain background with one large object let every variant do equally well. What each setting measured:
-# docs/BENCHMARKS.md ("The shapes ablation set"); the ablation's results: experiments/ablation/REPORT.md.
+# docs/BENCHMARKS.md ("The ablation's budget": the shapes set); the ablation's results: experiments/ablation/REPORT.md.
 MAX_TILT = 20  # degrees either way
 AREA = (0.08, 0.25)  # object area, a share of the shorter side squared
 CLUTTER = (0, 3)  # strokes and specks per picture, [low, high)
