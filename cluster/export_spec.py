@@ -6,7 +6,8 @@ class names). Its values come from the run (cluster/run_inputs.py Preprocessing)
      "model": {"onnx": "model.onnx", "opset": 18, "torch_export": "model.pt2", "input": "image", "output": "logits",
                "input_shape": ["batch", 3, crop, crop], "dtype": "float32", "output_is": "..."},
      "resize": [{"shorter_side": 256, "shrink": "BOX", "enlarge": "BILINEAR", "jpeg_quality": 90}, ...],
-     "central_square": null | int, "crop": int, "crop_offset": "...", "ten_crop": "...",
+     "builder_central_square": null | int, "central_square": null | int, "crop": int, "crop_offset": "...",
+     "ten_crop": "...",
      "layout": "NCHW", "channel_order": "RGB", "scale": "0-255", "mean": [3], "std": [3],
      "classes": [wnid, ...], "names": [name or wnid, ...], "run": {...}}
 
@@ -28,8 +29,6 @@ def resize_steps(prep):
         steps.append({"shorter_side": prep.build.size, "shrink": shrink, "enlarge": enlarge,
                       "jpeg_quality": prep.build.quality,
                       "note": "the shard builder's resize; it then stored the image as a JPEG of this quality"})
-    if prep.build.center_crop:
-        steps.append({"central_square": prep.build.size, "note": "the shard builder kept the central square only"})
     if prep.loader_resize:
         steps.append({"shorter_side": prep.loader_resize, "shrink": LOADER_FILTERS[0], "enlarge": LOADER_FILTERS[1],
                       "note": "the training loader's resize, for the crop size the run trained at"})
@@ -44,6 +43,7 @@ def export_spec(run, *, input_name, output_name, dtype, opset):
                   "output": output_name, "input_shape": ["batch", 3, prep.crop, prep.crop], "dtype": dtype,
                   "output_is": "logits, one per class (no softmax applied)"},
         "resize": resize_steps(prep),
+        "builder_central_square": prep.build.size if prep.build.center_crop else None,
         "central_square": prep.central_square,
         "crop": prep.crop,
         "crop_offset": "centre: left = (width - crop + 1) // 2, top = (height - crop + 1) // 2",

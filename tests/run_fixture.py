@@ -23,7 +23,7 @@ def build_tree_shards(tree, out):
 def make_run(root, shards, *, central_square=True, seed=0):
     """RUN_DIR with a checkpoint of a GroupedAlexNet seeded with `seed`; returns (run_dir, the net)."""
     torch.manual_seed(seed)
-    net = GroupedAlexNet(CLASSES).eval()
+    net = GroupedAlexNet(CLASSES, init="kaiming").eval()  # logits that depend on the image (the demo preset's init)
     run = root / "run"
     (run / "checkpoint_000001").mkdir(parents=True)
     torch.save({"model": net.state_dict(), "epoch": 1}, run / "checkpoint_000001" / "checkpoint.pt")
