@@ -29,7 +29,7 @@ import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from cluster.preprocess import BadImage, PreprocessError, check_supported, patches  # noqa: E402
-from cluster.trained_run import RunError, open_run, run_folder  # noqa: E402
+from cluster.trained_run import RunError, open_run, run_folder, shown  # noqa: E402
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jfif"}
 
@@ -136,6 +136,7 @@ def print_result(r, inputs):
     print(r.path)
     for i, p in r.top:
         print(f"  {100 * p:6.2f}%  {inputs.label(i)}")
+    sys.stdout.flush()  # in order with the skipped files' lines on stderr
 
 
 def main(argv=None):
@@ -162,7 +163,8 @@ def main(argv=None):
               f"{', '.join(sorted(IMAGE_EXTENSIONS))})", file=sys.stderr)
         return 2
     how = "ten patches" if args.ten_crop else "centre crop"
-    print(f"{run.run_dir.name}: {len(files)} image(s), {how}, {device}, checkpoint {run.checkpoint}", file=sys.stderr)
+    print(f"{run.run_dir.name}: {len(files)} image(s), {how}, {device}, checkpoint {shown(run.checkpoint)}",
+          file=sys.stderr)
     bar = tqdm(total=len(files), unit="img", file=sys.stderr) if len(files) > args.batch_size else None
     for r in results:
         print_result(r, run.inputs)

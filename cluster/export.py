@@ -13,6 +13,7 @@ What it writes (all for the single-device form of the run's net, both columns, i
 """
 import argparse
 import json
+import logging
 import sys
 import warnings
 from pathlib import Path
@@ -23,7 +24,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 import torch  # noqa: E402
 
 from cluster.export_spec import SPEC_FILE, export_spec  # noqa: E402
-from cluster.trained_run import RunError, open_run, run_folder  # noqa: E402
+from cluster.trained_run import RunError, open_run, run_folder, shown  # noqa: E402
 
 # ONNX opset 18: torch's exporter (onnxscript's torchlib) writes 20 by default and converts down without loss for
 # the operators AlexNet uses (Conv with group, MaxPool, Pad, Slice, Pow, Gemm, ReduceMean, GatherND, Relu); 18 is
@@ -50,11 +51,33 @@ def export_program(model, example):
 
 
 def export_onnx(model, example, path, *, opset=EXPORT_OPSET):
-    with warnings.catch_warnings():  # the exporter warns about torchvision's operators it cannot register
+    # the exporter warns (through logging and warnings) about torchvision's operators it cannot register
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model.eval(), (example,), str(path), dynamo=True, opset_version=opset,
                           input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes=_dynamic_batch(),
                           external_data=False, verbose=False)
+    registration.setLevel(level)
+    import onnx
+    onnx.checker.check_model(str(path))
+
+
+def onnx_agreement(model, path, crop, batch=3):
+    """Largest |logit difference| between ONNX Runtime on the file and the net in torch, on random inputs of the
+    paper's scale (grey levels around the mean); None without onnxruntime."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    x = torch.randn(batch, 3, crop, crop, generator=torch.Generator().manual_seed(0)) * 60
+    with torch.no_grad():
+        ours = model.float()(x).numpy()
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    theirs = session.run(None, {INPUT_NAME: x.numpy()})[0]
+    return float(abs(theirs - ours).max()), float(abs(ours).max())
 
 
 def export_run(run, out, *, dtype=torch.float32, onnx=True):
@@ -63,11 +86,11 @@ def export_run(run, out, *, dtype=torch.float32, onnx=True):
     out.mkdir(parents=True, exist_ok=True)
     model = run.model.to("cpu", dtype).eval()
     example = _example(run, dtype)
-    paths = {"program": out / PROGRAM_FILE, "spec": out / SPEC_FILE}
-    torch.export.save(export_program(model, example), paths["program"])
+    paths = {"onnx": out / ONNX_FILE} if onnx else {}
     if onnx:
-        paths["onnx"] = out / ONNX_FILE
         export_onnx(model, example, paths["onnx"])
+    paths.update(program=out / PROGRAM_FILE, spec=out / SPEC_FILE)
+    torch.export.save(export_program(model, example), paths["program"])
     spec = export_spec(run, input_name=INPUT_NAME, output_name=OUTPUT_NAME, dtype=str(dtype).replace("torch.", ""),
                        opset=EXPORT_OPSET)
     paths["spec"].write_text(json.dumps(spec, indent=1) + "\n")
@@ -102,7 +125,11 @@ def main(argv=None):
         return 2
     paths = export_run(run, out)
     for kind, path in paths.items():
-        print(f"{kind}: {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+        print(f"{kind}: {shown(path)} ({path.stat().st_size / 2**20:.1f} MiB)")
+    agreement = onnx_agreement(run.model, paths["onnx"], run.preprocessing.crop)
+    if agreement is not None:
+        print(f"ONNX Runtime agrees with torch: largest logit difference {agreement[0]:.2g} (logits up to "
+              f"{agreement[1]:.3g}), 3 random images")
     return 0
 
 

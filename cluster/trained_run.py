@@ -35,6 +35,17 @@ class TrainedRun:
         return len(self.inputs.classes)
 
 
+def shown(path):
+    """A path as a person reads it: relative to the working directory when it is inside it."""
+    text = str(path)
+    if "://" in text:
+        return text
+    try:
+        return str(Path(text).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return text
+
+
 def run_folder(name=None, output_dir="runs", run=None):
     """RUN_DIR from --run, else --output-dir/--name."""
     if run is not None:
