@@ -3,7 +3,7 @@
     python cluster/classify.py --name my-run photo.jpg more/photos/        # top-5 of each, centre crop
     python cluster/classify.py --name my-run --ten-crop photo.jpg          # the paper's ten patches, averaged
     python cluster/classify.py --run runs/my-run big/folder --out results.csv   # or .jsonl; a progress bar
-    python cluster/classify.py --name my-run --checkpoint runs/my-run/checkpoint_000003 photo.jpg
+    python cluster/classify.py --checkpoint runs/my-run/checkpoint_2026-12-05_15-11-50.070930 photo.jpg
 
 The images go through the preprocessing the run trained with (cluster/preprocess.py): the shard builder's resize of
 the shorter side and JPEG re-encode, the validation loader's resize, crop and input normalisation, all read from the
@@ -48,7 +48,8 @@ def get_args_parser():
     p.add_argument("--output-dir", type=Path, default=Path("runs"), help="where runs are (default: runs)")
     p.add_argument("--run", type=Path, default=None, help="the run folder itself, instead of --name")
     p.add_argument("--checkpoint", default=None,
-                   help="a checkpoint folder or checkpoint.pt of the run (default: its final, else latest, one)")
+                   help="a checkpoint folder or checkpoint.pt: of run --name/--run, or alone when it is inside its run "
+                        "folder (default: the run's final, else latest, one)")
     p.add_argument("--data", default=None,
                    help="the shards the run trained on, for a run folder without inputs.json (default: config.json's)")
     p.add_argument("--ten-crop", action="store_true",
@@ -152,7 +153,8 @@ def main(argv=None):
         return 2
     device = torch.device("cuda:0" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
     try:
-        run = open_run(run_folder(args.name, args.output_dir, args.run), checkpoint=args.checkpoint, data=args.data)
+        run = open_run(run_folder(args.name, args.output_dir, args.run, args.checkpoint),
+                       checkpoint=args.checkpoint, data=args.data)
         check_supported(run.preprocessing)
     except (RunError, PreprocessError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -103,7 +103,8 @@ def get_args_parser():
     p.add_argument("--output-dir", type=Path, default=Path("runs"), help="where runs are (default: runs)")
     p.add_argument("--run", type=Path, default=None, help="the run folder itself, instead of --name")
     p.add_argument("--checkpoint", default=None,
-                   help="a checkpoint folder or checkpoint.pt of the run (default: its final, else latest, one)")
+                   help="a checkpoint folder or checkpoint.pt: of run --name/--run, or alone when it is inside its run "
+                        "folder (default: the run's final, else latest, one)")
     p.add_argument("--data", default=None,
                    help="the shards the run trained on, for a run folder without inputs.json (default: config.json's)")
     p.add_argument("--out", type=Path, default=None, help="the artifact folder (default: RUN_DIR/export)")
@@ -113,7 +114,8 @@ def get_args_parser():
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     try:
-        run = open_run(run_folder(args.name, args.output_dir, args.run), checkpoint=args.checkpoint, data=args.data)
+        run = open_run(run_folder(args.name, args.output_dir, args.run, args.checkpoint),
+                       checkpoint=args.checkpoint, data=args.data)
     except RunError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

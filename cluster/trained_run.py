@@ -46,13 +46,21 @@ def shown(path):
         return text
 
 
-def run_folder(name=None, output_dir="runs", run=None):
-    """RUN_DIR from --run, else --output-dir/--name."""
+def run_folder(name=None, output_dir="runs", run=None, checkpoint=None):
+    """RUN_DIR from --run, else --output-dir/--name, else the run folder that holds --checkpoint (the default
+    --storage is the run folder: RUN_DIR/checkpoint_*/checkpoint.pt)."""
     if run is not None:
         return Path(run).resolve()
-    if not name:
-        raise RunError("name a run: --name NAME (a folder under --output-dir) or --run RUN_DIR")
-    return (Path(output_dir) / name).resolve()
+    if name:
+        return (Path(output_dir) / name).resolve()
+    if checkpoint is not None and "://" not in str(checkpoint):
+        for folder in list(Path(checkpoint).resolve().parents)[:2]:
+            if (folder / CONFIG_FILE).is_file():
+                return folder
+        raise RunError(f"--checkpoint {checkpoint}: no run folder (with {CONFIG_FILE}) above it; its checkpoints "
+                       "live elsewhere (--storage): name the run too, with --name NAME or --run RUN_DIR")
+    raise RunError("name a run: --name NAME (a folder under --output-dir), --run RUN_DIR, or --checkpoint PATH "
+                   "inside a run folder")
 
 
 def final_checkpoint(run_dir, config):

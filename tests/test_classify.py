@@ -171,3 +171,13 @@ def test_an_older_run_reads_its_shards_manifest(run, tree_shards, tmp_path):
     with pytest.raises(RunError, match="inputs.json: not found .*--data"):
         open_run(old)
     assert open_run(old, data=tree_shards).inputs.classes == run_inputs.load(run_dir).classes
+
+
+def test_a_checkpoint_inside_its_run_folder_names_the_run(run, demo_tree, tmp_path, capsys):
+    run_dir, _ = run
+    image = str(val_files(demo_tree)[0])
+    for checkpoint in (run_dir / "checkpoint_000001", run_dir / "checkpoint_000001" / "checkpoint.pt"):
+        assert classify.main(["--checkpoint", str(checkpoint), image]) == 0
+    assert capsys.readouterr().out.count(image) == 2
+    assert classify.main(["--checkpoint", str(tmp_path / "storage" / "checkpoint_1"), image]) == 2
+    assert "no run folder" in capsys.readouterr().err
