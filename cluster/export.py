@@ -81,7 +81,8 @@ def onnx_agreement(model, path, crop, batch=3):
 
 
 def export_run(run, out, *, dtype=torch.float32, onnx=True):
-    """Write the artifact folder `out` for an open run (cluster/trained_run.py); returns {file kind: path}."""
+    """Write the artifact folder `out` for an open run (cluster/trained_run.py); returns {file kind: path}. The run's
+    net is converted to `dtype` in place."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model = run.model.to("cpu", dtype).eval()

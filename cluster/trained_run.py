@@ -80,7 +80,7 @@ def final_checkpoint(run_dir, config):
 def open_run(run_dir, *, checkpoint=None, data=None):
     """The run in RUN_DIR with the weights of `checkpoint` (default: its final one). data: the shards, for a run
     older than inputs.json (default: config.json's data)."""
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).resolve()
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         raise RunError(f"{path}: not found. Is {run_dir} a run folder (cluster/launch.py writes config.json)? "
@@ -92,10 +92,12 @@ def open_run(run_dir, *, checkpoint=None, data=None):
         inputs = run_inputs.load(run_dir, data if data is not None else config.get("data"))
         settings = RunSettings.from_config({**config, "data": data or config.get("data")}, path)
         checkpoint = str(Path(checkpoint).resolve()) if checkpoint else final_checkpoint(run_dir, config)
+        if "://" not in checkpoint:  # summary.json may name it relative to the run folder
+            checkpoint = str(run_dir / checkpoint)
         state = load_model_state(checkpoint, run_dir)
     except (RunInputsError, ReportError) as e:
         raise RunError(str(e)) from None
-    where = Path(checkpoint) / CHECKPOINT_FILE if Path(checkpoint).is_dir() else checkpoint
+    where = shown(Path(checkpoint) / CHECKPOINT_FILE if Path(checkpoint).is_dir() else checkpoint)
     classes = len(inputs.classes)
     if settings.num_classes != classes:
         raise RunError(f"{path} says {settings.num_classes} classes and the run's class list has {classes}: "
