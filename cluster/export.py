@@ -24,6 +24,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 import torch  # noqa: E402
 
 from cluster.export_spec import SPEC_FILE, export_spec  # noqa: E402
+from cluster.preprocess import PreprocessError, check_supported  # noqa: E402
 from cluster.trained_run import RunError, open_run, run_folder, shown  # noqa: E402
 
 # ONNX opset 18: torch's exporter (onnxscript's torchlib) writes 20 by default and converts down without loss for
@@ -117,7 +118,8 @@ def main(argv=None):
     try:
         run = open_run(run_folder(args.name, args.output_dir, args.run, args.checkpoint),
                        checkpoint=args.checkpoint, data=args.data)
-    except RunError as e:
+        check_supported(run.preprocessing)  # preprocessing.json can only describe a resize this code knows
+    except (RunError, PreprocessError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = args.out or run.run_dir / "export"

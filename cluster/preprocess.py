@@ -4,7 +4,8 @@ Preprocessing, done as the shard builder and the validation loader do them, by t
 - The builder's step is pipeline/images.py's prepare itself (its decode, resize and JPEG re-encode), so a file
   becomes the very bytes the shards would hold for it.
 - The loader's steps (pipeline/loader.py, DALI) are redone here: its resize of the shorter side (DALI's linear
-  filter with antialiasing; PIL's BILINEAR is the same triangle filter), the central square, the crops (DALI puts a
+  filter with antialiasing; PIL's BILINEAR, the closest of PIL's filters, weights edge pixels a little
+  differently), the central square, the crops (DALI puts a
   crop at floor(pos * (extent - crop) + 0.5), pos from the loader's TEN_CROP_POSITIONS), and (x - mean) / std.
   tests/test_classify.py measures what is left against the loader on the same images.
 """
