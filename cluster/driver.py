@@ -9,7 +9,7 @@ import ray
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from cluster import report
+from cluster import report, run_inputs
 from cluster.outputs import RunOutputs, mark_lost_nodes
 from cluster.run_files import CHECKPOINTS_KEPT, EVENTS_FILE, METRICS_FILE, read_jsonl
 from cluster.worker import train_loop_per_worker
@@ -52,6 +52,7 @@ def fit(cfg, inject_failure=None):
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir)
+    run_inputs.record(run_dir, cfg.data)  # classes, resize and statistics: classify/export need no shards
     settings = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items())
     print(textwrap.fill(f"config ({run_dir / 'config.json'}): {settings}", width=120, subsequent_indent="  "))
     callback = RunOutputs(run_dir)

@@ -55,6 +55,11 @@ def _is_baseline_rgb_jpeg(img):
             and not img.info.get("progressive") and not img.info.get("progression"))
 
 
+# The name of resize_shorter's method, recorded with a run (cluster/run_inputs.py) so that what classifies its images
+# later can tell whether it still resizes the way the shards were made. Change it with resize_shorter.
+RESIZE_METHOD = "box-down-bilinear-up"
+
+
 def resize_shorter(img, size):
     """Scale so that the shorter side is `size` (up or down), keeping the aspect ratio.
 

@@ -66,6 +66,31 @@ def test_end_to_end_outputs_are_the_drivers_and_checkpoints_go_to_storage(finish
 
 
 @SLOW
+def test_a_finished_run_classifies_images_without_its_shards(finished_run, demo_shards, capsys):
+    """The launcher records the classes, the build's resize and the statistics (inputs.json): cluster/classify.py
+    then needs the run folder and its checkpoint only."""
+    from cluster import classify
+    from pipeline import demo_data
+    from pipeline import manifest as mf
+    tmp, run_dir = finished_run
+    recorded = json.loads((run_dir / "inputs.json").read_text())
+    manifest = mf.load(demo_shards)
+    assert recorded["classes"] == manifest["classes"] and recorded["names"] == manifest["names"]
+    assert recorded["build"]["size"] == manifest["build"]["size"] and recorded["stats"]["mean"] == \
+        manifest["stats"]["mean"]
+    moved = tmp / "moved"
+    shutil.copytree(run_dir, moved)
+    config = json.loads((moved / "config.json").read_text())
+    (moved / "config.json").write_text(json.dumps({**config, "data": str(tmp / "no-shards-here")}))
+    image = tmp / "blue.jpg"
+    image.write_bytes(demo_data.demo_jpeg("val", 0, 7, len(manifest["classes"]), seed=5))
+    capsys.readouterr()
+    assert classify.main(["--run", str(moved), str(image), "-k", "10"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in manifest["names"]) and out.count("%") == 10
+
+
+@SLOW
 def test_resume_continues_at_the_next_epoch_and_applies_only_changeable_flags(finished_run, capsys):
     tmp, run_dir = finished_run
     before = metrics(run_dir)
