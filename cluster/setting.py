@@ -146,3 +146,22 @@ def from_saved(cls, saved, source):
         elif s is not None:
             raise ValueError(f"{source}: missing setting {name!r}: written by another version of this code?")
     return cls(**values)
+
+
+def command_line(cfg, skip=()):
+    """The flags that make the launcher resolve `cfg`'s settings: --preset, then every flag setting whose value is
+    not what that preset or the declaration gives (settings in `skip` left out). A setting without a flag that
+    differs from its preset cannot be given on the command line: ValueError naming it."""
+    flags = ["--preset", cfg.preset]
+    for f, s in declared(type(cfg)):
+        value = getattr(cfg, f.name)
+        if f.name in ("preset", *skip) or value == (s.presets.get(cfg.preset, f.default) if s.presets else f.default):
+            continue
+        if s.flags is None:
+            raise ValueError(f"{f.name}={value!r} differs from preset {cfg.preset}'s and has no flag")
+        flag = spellings(f, s)[0]
+        if s.action:
+            flags.append(flag)  # a switch differs from its default only one way
+        else:
+            flags += [flag, ",".join(map(str, value)) if isinstance(value, tuple) else str(value)]
+    return flags
