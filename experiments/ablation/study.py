@@ -139,10 +139,8 @@ def resolve(args):
     if args.data is None:
         args.data = Path(f"data/shapes-quick-{args.size}" if args.quick else f"data/shapes-{args.size}")
     # The paper's rule, lr / 10 when the validation error stops improving, read off one reference run and then
-    # fixed for every variant (docs/BENCHMARKS.md, "A budget the reference converges in"): at lr 0.0025 its
-    # validation error still fell ~0.35 points per epoch at epoch 80, and after a drop it settled within ~5-8
-    # epochs. Dropping at 52 and 60 (an 84-epoch budget) met the convergence rule by ending 7 points above that run.
-    # 144 epochs put the last quarter, where convergence is checked (from epoch 108), 6 epochs after the second drop.
+    # fixed for every variant, so that the reference converges by the report's rule; why these epochs, with the
+    # measurements: docs/TRAINING.md ("The budget") and docs/BENCHMARKS.md ("A budget the reference converges in").
     if args.lr_decay_epoch is None:
         args.lr_decay_epoch = round(args.epochs * 90 / 144) if args.epochs > 2 else 0
     if args.lr_decay2_epoch is None:
