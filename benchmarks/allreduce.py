@@ -33,9 +33,9 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+from cluster.build_model import build_model
 from cluster.grad_compression import register, wire_dtype
-from cluster.recipe import GRAD_COMPRESSIONS
-from model import AlexNet
+from cluster.recipe import GRAD_COMPRESSIONS, preset_config
 
 TIMES = ("compute_fwd", "compute_bwd", "ddp_fwd", "ddp_bwd", "ddp_opt", "allreduce")
 
@@ -78,9 +78,10 @@ def timed(fn):
 def time_kind(kind, rank, world, args):
     """{name: [seconds per step]} for this rank, and the byte sizes of one step's buckets."""
     torch.manual_seed(0)
-    plain = AlexNet(1000, init="kaiming").place("cpu", "cpu")
+    recipe = preset_config("demo", num_classes=1000)  # Kaiming init: the demo preset's
+    plain = build_model(recipe).place("cpu", "cpu")
     torch.manual_seed(0)
-    replica = AlexNet(1000, init="kaiming").place("cpu", "cpu")
+    replica = build_model(recipe).place("cpu", "cpu")
     ddp = DistributedDataParallel(replica, device_ids=None)
     buckets, dtype = [], wire_dtype(kind)
     register(ddp, kind, wrap=counting(buckets, dtype))

@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.init_check import left_chance
+from cluster.build_model import build_model
 from cluster.loop import evaluate, make_optimizer
-from cluster.recipe import PRESETS
-from model import AlexNet
+from cluster.recipe import PRESETS, preset_config
 from pipeline import build_shards
 from pipeline import manifest as mf
 from pipeline.loader import make_loader
@@ -61,7 +61,7 @@ def train(data, seed, epochs, batch, crop, threads, lr, log=print):
     train_loader = make_loader(data, "train", batch, train=True, central_square=preset.central_square, **common)
     val_loader = make_loader(data, "val", batch, train=False, **common)
     classes = len(train_loader.manifest["classes"])
-    model = AlexNet(classes, init=preset.init).place("cpu", "cpu")
+    model = build_model(preset_config("demo", num_classes=classes)).place("cpu", "cpu")
     opt = make_optimizer(model, lr, 0.9, 5e-4, decay_biases=preset.decay_biases)
     losses, val_errors, start = [], [], time.time()
     for epoch in range(epochs):
@@ -138,7 +138,7 @@ def main(argv=None):
     data = ROOT / data
     ensure(data, flags)
     epochs = args.epochs or (None if args.launch else {"demo": 5, "shapes": 2}[args.target])
-    lr = args.lr or (PRESETS["demo"].lr if args.target == "demo" else 0.01 * batch / 128)
+    lr = args.lr or (PRESETS["demo"].base_lr if args.target == "demo" else 0.01 * batch / 128)
     load = os.getloadavg()
     print(f"{args.target}: {args.seeds} seed(s), lr {lr:g}, batch {batch}, load average {load[0]:.1f} {load[1]:.1f} "
           f"{load[2]:.1f} on {os.cpu_count()} CPUs at start")

@@ -30,9 +30,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from cluster.build_model import build_model
 from cluster.loop import make_optimizer, set_lr
-from cluster.recipe import PRESETS
-from model import INITS, GroupedAlexNet, kaiming_init_
+from cluster.recipe import PRESETS, preset_config
+from model import INITS, kaiming_init_
 from pipeline.loader import make_loader
 from pipeline.stats import NORMALIZE
 
@@ -80,13 +81,15 @@ def run(args, log=print):
     preset = PRESETS[args.preset]
     crop, init = args.crop or preset.crop, args.init or preset.init
     normalize = args.normalize or preset.normalize
-    args.lr = args.lr if args.lr is not None else preset.lr
+    args.lr = args.lr if args.lr is not None else preset.base_lr
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     loader = make_loader(args.data, "train", args.batch_size, train=True, crop=crop, seed=args.seed,
                          num_threads=args.threads, normalize=normalize, central_square=preset.central_square)
     classes = len(loader.manifest["classes"])
-    model = GroupedAlexNet(classes, init=init, dropout=args.dropout).train()
+    recipe = preset_config(args.preset, num_classes=classes, crop=crop, init=init, normalize=normalize,
+                           dropout=args.dropout)
+    model = build_model(recipe, grouped=True).train()
     if init == "kaiming" and args.kaiming_mode != "fan_out":
         kaiming_init_(model, args.kaiming_mode)
         init = f"kaiming ({args.kaiming_mode})"

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 import torch
 
 from benchmarks.timing import fwd_bwd_images_per_second
-from model import AlexNet, GroupedAlexNet, compile_for_speed
+from cluster.build_model import build_model
+from cluster.recipe import preset_config
+from model import compile_for_speed
 
 
 @dataclass(frozen=True)
@@ -57,11 +59,9 @@ def cudnn_benchmark(enabled):
 def build(variant, device, *, channels_last, compile_backend="inductor", num_classes=1000, seed=0):
     """The variant's model on `device` (both columns there, for the split form), compiled if it asks to be."""
     torch.manual_seed(seed)
-    kw = dict(num_classes=num_classes, lrn=variant.lrn, lrn_impl=variant.lrn_impl)
-    if variant.form == "single":
-        model = GroupedAlexNet(**kw).to(device)
-    else:
-        model = AlexNet(**kw).place(device, device)
+    recipe = preset_config("paper", num_classes=num_classes, lrn=variant.lrn)
+    model = build_model(recipe, grouped=variant.form == "single", lrn_impl=variant.lrn_impl)
+    model = model.to(device) if variant.form == "single" else model.place(device, device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     if variant.compile:

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from model import AlexNet
+from cluster.build_model import build_model
+from cluster.recipe import preset_config
 
 IMAGENET_TRAIN = 1_281_167
 EPOCHS = 90
@@ -36,7 +37,7 @@ LARS_BATCH = 8192  # ... and with LARS they trained AlexNet at 8K (AlexNet-BN to
 def gradient_params():
     """AlexNet's parameter count (1000 classes), counted on the meta device (nothing allocated)."""
     with torch.device("meta"):
-        return sum(p.numel() for p in AlexNet(1000).parameters())
+        return sum(p.numel() for p in build_model(preset_config("paper", num_classes=1000)).parameters())
 
 
 @dataclass

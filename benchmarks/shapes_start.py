@@ -25,9 +25,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from benchmarks.init_check import left_chance
+from cluster.build_model import build_model
 from cluster.loop import make_optimizer
+from cluster.recipe import preset_config
 from experiments.ablation import study as ablate
-from model import AlexNet
 from pipeline import manifest as mf
 from pipeline.loader import make_loader
 
@@ -56,7 +57,8 @@ def build(name, num_classes):
     """(model, input scale) for one of MODELS."""
     if name.startswith("alexnet"):
         dropout = 0.0 if name == "alexnet-no-dropout" else 0.5
-        return AlexNet(num_classes, dropout=dropout, init="kaiming").place("cpu", "cpu"), 1.0
+        recipe = preset_config("demo", num_classes=num_classes, dropout=dropout)  # the ablation's: Kaiming init
+        return build_model(recipe).place("cpu", "cpu"), 1.0
     return control_net(num_classes, batch_norm=name.endswith("+bn")), 1.0 / INPUT_STD
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
+from cluster.build_model import build_model
 from cluster.run_files import CHECKPOINTS_KEPT, checkpoint_dirs
-from model import AlexNet
 
 GB = 1e9
 
@@ -25,8 +25,7 @@ def checkpoint_bytes(cfg):
     """One checkpoint's size: every weight and (momentum > 0) its SGD momentum buffer in fp32; the rest is a few KB.
     Counted on the meta device, so nothing is allocated."""
     with torch.device("meta"):
-        model = AlexNet(cfg.num_classes, activation=cfg.activation, lrn=cfg.lrn,
-                        overlapping_pool=cfg.overlapping_pool, dropout=cfg.dropout, init=cfg.init)
+        model = build_model(cfg)
     copies = 2 if cfg.momentum else 1  # SGD keeps no buffer without momentum
     return copies * 4 * sum(p.numel() for p in model.parameters())
 

@@ -17,7 +17,7 @@ import torch
 
 from cluster.loop import evaluate, loader_settings
 from cluster.recipe import TrainConfig
-from cluster.report import ReportError, RunSettings, build_model, load_model_state
+from cluster.report import ReportError, RunSettings, load_model_state, trained_model
 from cluster.run_files import checkpoint_dirs
 from pipeline import manifest as mf
 from pipeline import object_store
@@ -57,7 +57,7 @@ def test_only(args):
         mf.load(data)
         checkpoint = find_checkpoint(run_dir, cfg)
         settings = RunSettings.from_config({**vars(cfg), "data": data}, run_dir / "config.json")
-        model = build_model(settings, load_model_state(checkpoint, run_dir))
+        model = trained_model(settings, load_model_state(checkpoint, run_dir))
     except (ReportError, mf.ManifestError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

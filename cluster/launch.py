@@ -23,126 +23,31 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from cluster.recipe import PRESETS, describe  # noqa: E402
+from cluster.recipe import DEFAULT_DATA, RUN, TrainConfig, describe  # noqa: E402
 from cluster.resolve import LaunchError, new_config, plan_resources, resumed_config  # noqa: E402
+from cluster.setting import add_flags, explicit  # noqa: E402
 from pipeline import manifest as mf  # noqa: E402
 
-DEFAULT_DATA = Path("data/shards")
 
-
-def get_args_parser():
+def get_args_parser(suppress_defaults=False):
+    """Every setting's flag, derived from its declaration in cluster/recipe.py (TrainConfig), in --help's groups;
+    then this command's own two, --resume and --test-only, which pick what to do rather than set the run."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    # Groups only change --help's layout; each `a = ...` line starts the next group.
-    a = p.add_argument_group("data").add_argument
-    a("--data", "--data-path", dest="data", type=str, default=None,  # str: Path("s3://b/p") would fold the "//"
-      help=f"shard folder from pipeline/build_shards.py, or s3://bucket/prefix (default: {DEFAULT_DATA}; the demo "
-           "set is built there if missing)")
-    a("--preset", choices=sorted(PRESETS), default=None,
-      help="defaults for the flags you leave out: paper = batch 128, 90 epochs, crop 224 of the central 256x256, "
-           "paper init, lr 0.01, 50 warmup steps, lr patience 2; demo = batch 32, 10 epochs, crop 112 of the whole "
-           "image, Kaiming init, lr 0.0025, lr patience 10; both: the paper's inputs, weight decay on weights only "
-           "(default: demo on the embedded demo set, paper otherwise)")
-    a = p.add_argument_group("replicas and the Ray cluster").add_argument
-    a("--replicas", "--workers", dest="workers", type=int, default=4, metavar="N",
-      help="data-parallel AlexNet replicas, one Ray worker each (--workers: the same flag) (default: 4)")
-    a("--min-replicas", "--min-workers", dest="min_workers", type=int, default=None, metavar="M",
-      help="elastic: keep training with as few as this many replicas when nodes are lost, and grow back to "
-           "--replicas when they return (default: --replicas, not elastic)")
-    a("--resize-check-s", type=float, default=60.0,
-      help="elastic runs: seconds between looks for room to grow back to --replicas; growing restarts the replicas "
-           "from the latest checkpoint (default: 60)")
-    a("--gpus-per-worker", type=float, default=None,
-      help="GPUs per replica: 2 puts the columns on two GPUs, 1 both on one, a fraction such as 0.5 lets replicas "
-           "share a GPU (with gloo) (default: 2 with GPUs, 0 without)")
-    a("--column1-device", choices=["gpu", "cpu"], default="gpu",
-      help="where column 1 runs: on the replica's second GPU (or its only one), or on the CPU to cross devices on "
-           "a one-GPU node (slow) (default: gpu)")
-    a("--backend", choices=["nccl", "gloo"], default=None,
-      help="torch.distributed backend between replicas (default: nccl with whole GPUs, gloo otherwise)")
-    a("--cpus-per-worker", type=float, default=None,
-      help="CPUs reserved per replica, fractions allowed (default: the cluster's CPUs / workers, at most 8)")
-    a("--address", default=os.environ.get("RAY_ADDRESS"),
-      help="an existing Ray cluster: auto, HOST:6379 or ray://HOST:10001 (default: $RAY_ADDRESS, else a new local "
-           "cluster)")
-    a = p.add_argument_group("recipe").add_argument
-    a("-b", "--batch-size", type=int, default=None, help="images per replica per step (default: from --preset)")
-    a("--epochs", type=int, default=None, help="epochs to train (default: from --preset: 90 paper, 10 demo)")
-    a("--lr", type=float, default=None,
-      help="learning rate for a global batch of 128, scaled with the global batch (default: from --preset: 0.01 "
-           "paper, 0.0025 demo)")
-    a("--lr-scaling", choices=["linear", "none"], default="linear",
-      help="linear: lr x global batch / 128; none: --lr as it is (default: linear)")
-    a("--warmup-epochs", "--lr-warmup-epochs", dest="warmup_epochs", type=int, default=None,
-      help="epochs of linear warmup from --lr to the scaled rate (default: 5 when the scaled rate is larger, "
-           "else 0)")
-    a("--warmup-steps", type=int, default=None,
-      help="the first N steps' lr ramps linearly from 1/N of it (default: from --preset: 50 paper, 0 demo)")
-    a("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
-    a("--wd", "--weight-decay", dest="wd", type=float, default=5e-4, help="weight decay (default: 5e-4)")
-    a("--lr-schedule", choices=["plateau", "step"], default="plateau",
-      help="plateau: lr / 10 when val error stops improving, at most 3 times, not during warmup; step: every "
-           "--lr-step-size epochs (default: plateau)")
-    a("--lr-patience", type=int, default=None,
-      help="epochs in a row without improvement allowed; the next one divides lr by 10, as in torch's "
-           "ReduceLROnPlateau (default: from --preset: 2 paper, 10 demo)")
-    a("--lr-step-size", type=int, default=30, help="epochs per lr / 10 with --lr-schedule step (default: 30)")
-    a("--crop", type=int, default=None, help="training/eval crop size (default: from --preset: 224 paper, 112 demo)")
-    a = p.add_argument_group("model and augmentation").add_argument
-    a("--init", choices=["paper", "kaiming"], default=None, help="weight init (default: from --preset)")
-    a("--normalize", choices=["paper", "std"], default=None,
-      help="input normalisation: paper = 0-255 pixels minus the training set's per-channel mean, as the paper "
-           "trained; std = also divided by the per-channel std (default: from --preset: paper for both)")
-    a("--activation", choices=["relu", "tanh"], default="relu", help="nonlinearity (default: relu)")
-    a("--no-lrn", dest="lrn", action="store_false", help="drop local response normalisation (default: LRN on)")
-    a("--no-overlap", dest="overlapping_pool", action="store_false",
-      help="pooling z=2, s=2 instead of the paper's overlapping z=3, s=2 (default: overlapping)")
-    a("--dropout", type=float, default=0.5,
-      help="probability of zeroing each output of fc6 and fc7, one mask per neuron shared by both columns "
-           "(section 4.2) (default: 0.5)")
-    a("--random-resized-crop", action="store_true",
-      help="modern random-resized crops instead of the paper's fixed-scale crops (default: off)")
-    a = p.add_argument_group("speed").add_argument
-    a("--amp", action="store_true",
-      help="bf16 autocast on GPU; not the paper's fp32 recipe (default: off)")
-    a("--compile", action="store_true", help="torch.compile each replica (default: off)")
-    a("--grad-compression", choices=("none", "bf16", "fp16"), default="none",
-      help="dtype of the gradients all-reduced between replicas: bf16/fp16 halve AlexNet's 244 MB per step "
-           "(DDP's compression hooks; weights and optimizer stay fp32) (default: none)")
-    a("-j", "--threads", type=int, default=None, help="CPU threads per worker for DALI and torch (default: its CPUs)")
-    a = p.add_argument_group("run, outputs and checkpoints").add_argument
-    a("--seed", type=int, default=0, help="data order and augmentation seed (default: 0)")
-    a("--output-dir", type=Path, default=Path("runs"), help="where runs go (default: runs)")
-    a("--name", default=None, help="run name, a folder under --output-dir (default: the start time)")
-    a("--storage", default=None,
-      help="where Ray keeps checkpoints: a path every node sees, or a URI such as s3://bucket/runs "
-           "(default: --output-dir)")
-    a("--resume", action="store_true",
+    groups = add_flags(p, TrainConfig, suppress_defaults=suppress_defaults)
+    a = groups[RUN].add_argument
+    off = argparse.SUPPRESS if suppress_defaults else False
+    a("--resume", action="store_true", default=off,
       help="continue run --name (under --output-dir) from its latest checkpoint with its saved config.json; takes "
            "no path, unlike torchvision's --resume CHECKPOINT (default: off)")
-    a("--test-only", action="store_true",
+    a("--test-only", action="store_true", default=off,
       help="no training: the 10-crop top-1/top-5 error of run --name's final (else latest) checkpoint on the "
            "validation set of its --data, in this process without Ray (default: off)")
-    a("--max-failures", type=int, default=0,
-      help="restart from the latest checkpoint this many times when a worker or node dies (default: 0)")
-    a("--wait-for-resources", action="store_true",
-      help="wait for the cluster to grow instead of stopping when it is too small (default: off)")
-    a("--print-freq", type=int, default=10, help="progress line every N steps (default: 10)")
     return p
 
 
 def explicit_flags(argv):
-    """{dest: the flag as typed} for the flags given on the command line, so --resume can tell them from defaults
-    and name them as the user wrote them (--no-lrn, not lrn; all of a flag's spellings where it was abbreviated)."""
-    p = get_args_parser()
-    for action in p._actions:
-        action.default = argparse.SUPPRESS
-    spellings = {action.dest: "/".join(action.option_strings) for action in p._actions}
-    given = {dest: spellings[dest] for dest in vars(p.parse_args(argv))}
-    for token in argv:
-        action = p._option_string_actions.get(token.split("=", 1)[0])
-        if action is not None and action.dest in given:
-            given[action.dest] = token.split("=", 1)[0]
-    return given
+    """{setting: the flag as typed} for the settings given on the command line (cluster/setting.py explicit)."""
+    return explicit(get_args_parser, TrainConfig, argv)
 
 
 def failure_point():

@@ -25,7 +25,8 @@ class LrSchedule:
 
     plateau: torch's ReduceLROnPlateau rule (mode min, relative threshold 1e-4): `patience` epochs in a row without
     improvement are allowed and the next one divides the rate by 10 (patience 2: the third), at most MAX_LR_DECAYS
-    times, never counted during a ramp. step: a decay every `step_size` epochs.
+    times, never counted during a ramp. step: a decay every `step_size` epochs. milestones: a decay after each epoch
+    count in `milestones`, as torch's MultiStepLR (the ablation's schedule: experiments/ablation/).
 
     warmup_steps: the run's first steps (counted from epoch 0 with steps_per_epoch, which the caller sets) are scaled
     by (step + 1) / warmup_steps, on top of the above: the paper preset's start (benchmarks/init_check.py).
@@ -35,6 +36,7 @@ class LrSchedule:
     schedule: str = "plateau"
     patience: int = 2
     step_size: int = 30
+    milestones: tuple = ()
     warmup_steps: int = 0
     steps_per_epoch: int = 0
     decays: int = 0
@@ -44,6 +46,12 @@ class LrSchedule:
     ramp_start: int = 0  # its first epoch
     ramp_epochs: int | None = None  # its length (None: warmup_epochs)
     peak: float | None = None  # the peak the run last trained at (None: not started)
+
+    @classmethod
+    def from_config(cls, cfg, steps_per_epoch):
+        """The schedule a run's recipe (a cluster.recipe.TrainConfig) declares."""
+        return cls(cfg.base_lr, cfg.warmup_epochs, cfg.lr_schedule, cfg.lr_patience, cfg.lr_step_size,
+                   tuple(cfg.lr_milestones), warmup_steps=cfg.warmup_steps, steps_per_epoch=steps_per_epoch)
 
     def __post_init__(self):
         if self.ramp_from is None:
@@ -65,7 +73,12 @@ class LrSchedule:
         return min(1.0, (step + 1) / self.warmup_steps)
 
     def _after_ramp(self, peak, epoch):
-        decays = self.decays if self.schedule == "plateau" else epoch // self.step_size
+        if self.schedule == "plateau":
+            decays = self.decays
+        elif self.schedule == "milestones":
+            decays = sum(1 for m in self.milestones if epoch >= m)
+        else:
+            decays = epoch // self.step_size
         return peak * 0.1 ** decays
 
     def _ramp_end(self):
@@ -111,6 +124,11 @@ class LrSchedule:
         for k in self.STATE:
             if k in state:
                 setattr(self, k, state[k])
+
+
+def training_augmentation(cfg):
+    """The training loader's augmentation as the run declares it (evaluation loaders take none of it)."""
+    return dict(random_resized_crop=cfg.random_resized_crop, crop_flip=cfg.crop_flip, lighting=cfg.lighting)
 
 
 def loader_settings(cfg, rank, world, device):

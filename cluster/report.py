@@ -10,7 +10,7 @@ run's resolved settings: RunSettings' keys at least), metrics.jsonl (one line pe
 import argparse
 import json
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
 from cluster.figures import plot_conv1, plot_figure4, plot_learning_curves
@@ -37,16 +37,20 @@ class RunSettings:
     lrn: bool
     overlapping_pool: bool
     seed: int
+    # the net's other settings (cluster/build_model.py): a figure's net is in eval mode (no dropout) and holds the
+    # checkpoint's weights (not its init), so a config.json that lacks them still reports
+    dropout: float = 0.0
+    init: str = "paper"
 
     @classmethod
     def from_config(cls, config, source):
-        missing = [f.name for f in fields(cls) if f.name not in config]
+        missing = [f.name for f in fields(cls) if f.name not in config and f.default is MISSING]
         if missing:
             hint = (' (a run from before the setting existed divided its inputs by the std: add "normalize": "std")'
                     if "normalize" in missing else "")
             raise ReportError(f"{source}: missing {', '.join(missing)}; it must hold the run's resolved settings"
                               f"{hint}.")
-        return cls(**{f.name: config[f.name] for f in fields(cls)})
+        return cls(**{f.name: config[f.name] for f in fields(cls) if f.name in config})
 
 
 def _read_json(path, what):
@@ -89,12 +93,11 @@ def load_model_state(checkpoint, run_dir):
     return state["model"] if "model" in state else state
 
 
-def build_model(settings, model_state):
+def trained_model(settings, model_state):
     """The single-device form of the run's net holding the checkpoint's weights (the merged layout fits both)."""
-    from model import GroupedAlexNet
+    from cluster.build_model import build_model
 
-    model = GroupedAlexNet(settings.num_classes, activation=settings.activation, lrn=settings.lrn,
-                           overlapping_pool=settings.overlapping_pool)
+    model = build_model(settings, grouped=True)
     try:
         model.load_state_dict(model_state)
     except RuntimeError as e:  # e.g. num_classes or a layer's shape differs: the checkpoint is another run's
@@ -148,7 +151,7 @@ def write_all(run_dir, summary_fields, checkpoint, config=None, *, train_subset=
     from pipeline.manifest import ManifestError
 
     try:
-        data = compute_figure4(build_model(settings, model_state), settings.data, settings.crop,
+        data = compute_figure4(trained_model(settings, model_state), settings.data, settings.crop,
                                normalize=settings.normalize, train_subset=train_subset,
                                seed=settings.seed if seed is None else seed, log=log)
     except ManifestError as e:

@@ -5,28 +5,21 @@ import math
 import os
 from pathlib import Path
 
-from cluster import disk_space
+from cluster import disk_space, setting
 from cluster.recipe import GRAD_COMPRESSIONS, PRESETS, TrainConfig, default_warmup_epochs, scaled_lr
 from pipeline import build_shards, object_store
 from pipeline import manifest as mf
 
-# Flags that may differ from the saved config on --resume: where and how the run goes on, not what it computes.
-# (--replicas/--min-replicas re-apply the lr rule in the workers, which read the world size they get, warming up
-# to a higher peak: cluster/loop.py LrSchedule.start.)
-CHANGEABLE_ON_RESUME = ("epochs", "max_failures", "print_freq", "address", "wait_for_resources", "workers",
-                        "min_workers", "resize_check_s", "cpus_per_worker", "gpus_per_worker", "threads", "backend",
-                        "column1_device", "compile")
-RUN_IDENTITY = ("name", "output_dir", "resume")  # they pick the run to resume
-FLAG_TO_FIELD = {"lr": "base_lr"}  # the one flag whose config field has another name
+RUN_IDENTITY = ("name", "output_dir")  # they pick the run to resume
 
 
 class LaunchError(Exception):
     """Bad flags or an unusable cluster; the message says what to do."""
 
 
-def flag_name(dest):
-    return {"threads": "-j/--threads", "wd": "--wd", "workers": "--replicas", "min_workers": "--min-replicas"}.get(
-        dest, "--" + dest.replace("_", "-"))
+def flag_name(name):
+    """A setting's flag as messages name it (-j/--threads, --replicas)."""
+    return setting.flag_name(TrainConfig, name)
 
 
 def ensure_data(data, default_data):
@@ -86,42 +79,34 @@ def default_preset(manifest):
 
 
 def new_config(args, default_data):
-    """A fresh run's TrainConfig from the flags (resources are planned later, once Ray is up)."""
+    """A fresh run's TrainConfig from the flags (resources are planned later, once Ray is up): every declared
+    setting is its flag's value, else its preset's, else its default; the few below are resolved from others."""
     data = ensure_data(args.data, default_data)
     manifest = mf.load(data)
     preset_name = args.preset or default_preset(manifest)
     how = "given" if args.preset else ("the embedded demo set" if preset_name == "demo" else "real data")
     print(f"preset {preset_name} ({how}; --preset {'paper' if preset_name == 'demo' else 'demo'} for the other)")
-    preset = PRESETS[preset_name]
-    pick = {k: getattr(args, k) if getattr(args, k) is not None else getattr(preset, k)
-            for k in ("batch_size", "epochs", "crop", "init", "lr_patience", "normalize", "warmup_steps")}
-    min_workers = args.min_workers if args.min_workers is not None else args.workers
-    base_lr = args.lr if args.lr is not None else preset.lr
-    peak = scaled_lr(base_lr, args.workers * pick["batch_size"], args.lr_scaling)
-    warmup = args.warmup_epochs if args.warmup_epochs is not None else default_warmup_epochs(base_lr, peak)
+    values = dataclasses.asdict(PRESETS[preset_name])
+    values.update({f.name: getattr(args, f.name) for f, s in setting.declared(TrainConfig)
+                   if s.flags is not None and getattr(args, f.name) is not None})
+    peak = scaled_lr(values["base_lr"], args.workers * values["batch_size"], args.lr_scaling)
     output_dir = args.output_dir.resolve()
-    cfg = TrainConfig(
-        data=str(data), num_classes=len(manifest["classes"]), preset=preset_name, activation=args.activation,
-        lrn=args.lrn, overlapping_pool=args.overlapping_pool, dropout=args.dropout,
-        random_resized_crop=args.random_resized_crop, base_lr=base_lr, lr_scaling=args.lr_scaling,
-        warmup_epochs=warmup, momentum=args.momentum, wd=args.wd, lr_schedule=args.lr_schedule,
-        lr_step_size=args.lr_step_size, seed=args.seed, workers=args.workers, min_workers=min_workers,
-        resize_check_s=args.resize_check_s,
-        gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
-        column1_device=args.column1_device, backend=args.backend, threads=args.threads, amp=args.amp,
-        compile=args.compile, name=args.name, output_dir=str(output_dir),
-        storage=storage_location(args.storage, output_dir), max_failures=args.max_failures,
-        wait_for_resources=args.wait_for_resources, print_freq=args.print_freq, address=args.address,
-        central_square=preset.central_square and not args.random_resized_crop, decay_biases=preset.decay_biases,
-        **pick)
-    cfg = dataclasses.replace(cfg, grad_compression=args.grad_compression)
+    values.update(
+        data=str(data), num_classes=len(manifest["classes"]), preset=preset_name,
+        min_workers=args.min_workers if args.min_workers is not None else args.workers,
+        warmup_epochs=args.warmup_epochs if args.warmup_epochs is not None else
+        default_warmup_epochs(values["base_lr"], peak),
+        central_square=values["central_square"] and not args.random_resized_crop,  # crops anywhere: no square
+        output_dir=str(output_dir), storage=storage_location(args.storage, output_dir),
+        address=args.address if args.address is not None else os.environ.get("RAY_ADDRESS"))
+    cfg = TrainConfig(**values)
     check(cfg, manifest)
     return cfg
 
 
 def resumed_config(args, explicit):
-    """The saved TrainConfig with the changeable flags applied (and said); any other flag given with another value
-    than the saved one is an error naming it, never silently ignored. explicit: {dest: the flag as the user typed
+    """The saved TrainConfig with the resumable flags applied (and said); any other flag given with another value
+    than the saved one is an error naming it, never silently ignored. explicit: {setting: the flag as the user typed
     it} for the flags on the command line (launch.explicit_flags)."""
     run_dir = args.output_dir.resolve() / args.name
     try:
@@ -131,26 +116,27 @@ def resumed_config(args, explicit):
                           "Check --output-dir and --name.") from None
     except (ValueError, TypeError) as e:
         raise LaunchError(f"--resume: {run_dir / 'config.json'} cannot be read: {e}") from None
+    resumable = {f.name for f, s in setting.declared(TrainConfig) if s.resumable}
     changes = {}
-    for dest in sorted(set(explicit) - set(RUN_IDENTITY)):
-        field, value = FLAG_TO_FIELD.get(dest, dest), getattr(args, dest)
-        if dest == "data" and not object_store.is_uri(value):
+    for name in sorted(set(explicit) - set(RUN_IDENTITY)):
+        value = getattr(args, name)
+        if name == "data" and not object_store.is_uri(value):
             value = str(Path(value).resolve())
-        old = getattr(saved, field)
+        old = getattr(saved, name)
         if value == old:
             continue
-        if dest not in CHANGEABLE_ON_RESUME:
-            given = explicit[dest]  # as typed: --no-lrn, not the dest lrn
+        if name not in resumable:
+            given = explicit[name]  # as typed: --no-lrn, not the field lrn
             given = given if isinstance(value, bool) else f"{given} {value}"
-            raise LaunchError(f"--resume: {given} differs from the run's saved value {field}={old!r} "
+            raise LaunchError(f"--resume: {given} differs from the run's saved value {name}={old!r} "
                               f"({run_dir / 'config.json'}); it would change what the run computes. Drop the flag, "
                               "or start a new run with another --name.")
-        changes[field] = value
+        changes[name] = value
     if "workers" in changes and "min_workers" not in changes:  # a fixed-size run stays fixed-size
         changes["min_workers"] = changes["workers"] if saved.min_workers == saved.workers else \
             min(saved.min_workers, changes["workers"])
-    for field, value in changes.items():
-        print(f"--resume: {explicit.get(field, flag_name(field))} {value} applied (was {getattr(saved, field)!r})")
+    for name, value in changes.items():
+        print(f"--resume: {explicit.get(name, flag_name(name))} {value} applied (was {getattr(saved, name)!r})")
     cfg = dataclasses.replace(saved, **changes)
     if "workers" in changes:
         _, peak = cfg.recipe(cfg.workers)
@@ -177,6 +163,17 @@ def check(cfg, manifest):
     if cfg.grad_compression not in GRAD_COMPRESSIONS:
         raise LaunchError(f"--grad-compression must be one of {', '.join(GRAD_COMPRESSIONS)}, "
                           f"got {cfg.grad_compression!r}")
+    if cfg.lr_milestones and cfg.lr_schedule != "milestones":
+        raise LaunchError(f"--lr-milestones is read by --lr-schedule milestones only (this run: {cfg.lr_schedule}): "
+                          "add --lr-schedule milestones, or drop --lr-milestones")
+    if cfg.lr_schedule == "milestones" and any(e >= cfg.epochs for e in cfg.lr_milestones):
+        raise LaunchError(f"--lr-milestones {','.join(map(str, cfg.lr_milestones))}: every milestone must be below "
+                          f"--epochs {cfg.epochs} (a drop after the last epoch never happens)")
+    if not cfg.crop_flip and cfg.random_resized_crop:
+        raise LaunchError("--no-crop-flip trains on the centre crop; --random-resized-crop is a random crop: give "
+                          "one of them")
+    if cfg.lighting < 0:
+        raise LaunchError(f"--lighting must be >= 0 (0: no PCA lighting), got {cfg.lighting:g}")
     if cfg.warmup_epochs < 0 or cfg.warmup_steps < 0:
         raise LaunchError(f"--warmup-epochs and --warmup-steps must be >= 0, got {cfg.warmup_epochs} and "
                           f"{cfg.warmup_steps}")

@@ -1,7 +1,7 @@
 """A finished (or stopped) run, opened for use: its net with the checkpoint's weights, what its inputs must look like
 (cluster/run_inputs.py) and what its outputs mean. Shared by cluster/classify.py and cluster/export.py.
 
-The net is built as --test-only builds it (cluster/report.py build_model from config.json, the single-device
+The net is built as --test-only builds it (cluster/report.py trained_model from config.json, the single-device
 grouped form that holds the two columns' weights). A checkpoint that does not fit the run is refused with what
 differs: the class count, or the layers whose shapes differ.
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cluster import run_inputs
 from cluster.recipe import CONFIG_FILE
-from cluster.report import ReportError, RunSettings, build_model, load_model_state
+from cluster.report import ReportError, RunSettings, load_model_state, trained_model
 from cluster.run_files import CHECKPOINT_FILE, checkpoint_dirs
 from cluster.run_inputs import Preprocessing, RunInputs, RunInputsError
 from pipeline import object_store
@@ -107,7 +107,7 @@ def open_run(run_dir, *, checkpoint=None, data=None):
         raise RunError(f"{where}: a net of {head.shape[0]} classes (fc8.weight {tuple(head.shape)}), and run "
                        f"{run_dir.name} has {classes}: the checkpoint is another run's.")
     try:
-        model = build_model(settings, state)
+        model = trained_model(settings, state)
     except ReportError as e:  # torch's message names every key and shape that differs
         raise RunError(f"{where}: {e}. The checkpoint is another run's, or another model's.") from None
     return TrainedRun(run_dir=run_dir, config=config, checkpoint=str(checkpoint), inputs=inputs,

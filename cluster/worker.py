@@ -17,11 +17,12 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from cluster.build_model import build_model
 from cluster.grad_compression import register as register_compression
-from cluster.loop import LrSchedule, evaluate, loader_settings, make_optimizer, train_one_epoch
+from cluster.loop import LrSchedule, evaluate, loader_settings, make_optimizer, train_one_epoch, training_augmentation
 from cluster.recipe import DEFAULT_WARMUP_EPOCHS
 from cluster.run_files import CHECKPOINT_FILE
-from model import AlexNet, compile_for_speed
+from model import compile_for_speed
 from pipeline.loader import make_loader
 
 FAILURE_ENV = "ALEXNET_INJECT_FAILURE"  # "EPOCH:STEP", for tests only: read by launch.py, never in config.json
@@ -42,8 +43,7 @@ def build_replica(cfg, devices):
 
     DDP gets device_ids=None because the module spans two devices; Ray's prepare_model would instead move the
     whole model to the first GPU and pass device_ids=[that GPU]."""
-    model = AlexNet(cfg.num_classes, activation=cfg.activation, lrn=cfg.lrn, overlapping_pool=cfg.overlapping_pool,
-                    dropout=cfg.dropout, init=cfg.init)
+    model = build_model(cfg)
     model.place(devices[0], devices[1], output_device=devices[0])
     if devices[0].type == "cuda":
         model.to(memory_format=torch.channels_last)
@@ -99,13 +99,12 @@ def train_loop_per_worker(loop_config):
     log = _stdout_log if rank == 0 else None
     global_batch, peak_lr = cfg.recipe(world)  # this world's size, which an elastic restart may have changed
     loader_kw = loader_settings(cfg, rank, world, device)
-    train_loader = make_loader(cfg.data, "train", cfg.batch_size, train=True,
-                               random_resized_crop=cfg.random_resized_crop, **loader_kw)
+    train_loader = make_loader(cfg.data, "train", cfg.batch_size, train=True, **training_augmentation(cfg),
+                               **loader_kw)
     val_loader = make_loader(cfg.data, "val", cfg.batch_size, train=False, **loader_kw)
     model, trainable = build_replica(cfg, devices)
     opt = make_optimizer(model, peak_lr, cfg.momentum, cfg.wd, decay_biases=cfg.decay_biases)
-    schedule = LrSchedule(cfg.base_lr, cfg.warmup_epochs, cfg.lr_schedule, cfg.lr_patience, cfg.lr_step_size,
-                          warmup_steps=cfg.warmup_steps, steps_per_epoch=len(train_loader))
+    schedule = LrSchedule.from_config(cfg, steps_per_epoch=len(train_loader))
     start_epoch = _load_checkpoint(model, opt, schedule)
     # another world size than the checkpoint's (elastic restart, --resume --workers): the launch rule again, a
     # warmup over --warmup-epochs (5 when the run had none) from the rate the run had to the new peak

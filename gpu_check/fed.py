@@ -19,9 +19,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.profiling import top_rows
+from cluster.build_model import build_model
 from cluster.loop import LrSchedule, make_optimizer, train_one_epoch
-from cluster.recipe import PRESETS
-from model import AlexNet
+from cluster.recipe import PRESETS, preset_config
 
 
 @dataclass
@@ -47,8 +47,9 @@ class FedReplica:
         loader = make_loader(ctx.data, "train", size.train_batch, device="cuda" if gpu else "cpu",
                              device_id=0 if gpu else None, crop=size.crop)
         paper = PRESETS["paper"]
-        model = AlexNet(init=paper.init).place(dev, dev).to(memory_format=torch.channels_last)
-        lr = paper.lr * size.train_batch / 128
+        model = build_model(preset_config("paper", num_classes=1000)).place(dev, dev)
+        model = model.to(memory_format=torch.channels_last)
+        lr = paper.base_lr * size.train_batch / 128
         opt = make_optimizer(model, lr, momentum=0.9, wd=5e-4, decay_biases=paper.decay_biases)
         schedule = LrSchedule(base_lr=lr, warmup_epochs=0, warmup_steps=paper.warmup_steps,
                               steps_per_epoch=len(loader))

@@ -9,8 +9,14 @@ import torch
 from experiments.ablation import study as ablate
 from experiments.ablation.report import ReportContext, claim_tests, convergence, figure1, write_report
 from experiments.ablation.stats import error_difference
-from experiments.ablation.train import Budget, Budgets, EpochRecord, RunResult
+from experiments.ablation.train import Budgets, EpochRecord, RunResult, reference_config
 from pipeline.loader import make_loader
+
+
+def budget(epochs, *milestones, threads=2, lr=0.0025, crop=64):
+    """An ablation reference (a TrainConfig) with this budget: lr / 10 after each of `milestones` epochs."""
+    return reference_config(epochs=epochs, batch_size=32, base_lr=lr, milestones=milestones, crop=crop,
+                            threads=threads)
 
 
 def bits(n, wrong):
@@ -25,7 +31,7 @@ def run(name, seed, train_errors, val_errors, clean_train, *, val_wrong=(), trai
 
 
 def context(seeds=2, fig1=(), epochs=3):
-    return ReportContext(command="python -m experiments.ablation", budget=Budget(epochs=epochs, crop=64), seeds=seeds,
+    return ReportContext(command="python -m experiments.ablation", budget=budget(epochs), seeds=seeds,
                          fig1=list(fig1), figure1_error=0.25, minutes=0.0)
 
 
@@ -67,14 +73,16 @@ def test_speed_claim_is_tested_on_the_figure1_sweep_at_each_best_rate():
     results = {"full": [run("full", s, [0.3], [0.3], 0.1) for s in range(4)],
                "tanh": [run("tanh", s, [0.3], [0.3], 0.1) for s in range(4)]}
     for v in fig1:
-        errs = curves[v.activation][v.lr]
-        results[v.name] = [run(v.name, s, errs[:len(errs) - (s % 2 and v.activation == "tanh")] + [0.2], errs, 0.1)
+        errs = curves[v.changes["activation"]][v.changes["base_lr"]]
+        results[v.name] = [run(v.name, s, errs[:len(errs) - (s % 2 and v.changes["activation"] == "tanh")] + [0.2],
+                               errs, 0.1)
                            for s in range(4)]
     rows = claim_tests([variant("full"), variant("tanh")], results, context(seeds=4, fig1=fig1, epochs=5))
     t = rows["tanh"].test
     assert t.effect > 3 and rows["tanh"].verdict == "reproduced" and "t-test" in t.method
     best, table_rows = figure1(results, fig1, 0.25, 5 * 25)
-    assert best["relu"][0].lr == 0.01 and best["tanh"][0].lr == 0.005 and len(table_rows) == 4
+    assert best["relu"][0].changes["base_lr"] == 0.01 and best["tanh"][0].changes["base_lr"] == 0.005
+    assert len(table_rows) == 4
 
 
 def test_figure1_runs_that_never_get_there_count_at_figure1s_own_cap():
@@ -85,9 +93,9 @@ def test_figure1_runs_that_never_get_there_count_at_figure1s_own_cap():
     fig1 = ablate.figure1_variants(args)
     results = {"full": [run("full", s, [0.3], [0.3], 0.1) for s in range(4)]}
     for v in fig1:  # ReLU gets there after 2 epochs, tanh never in its 5
-        errs = [0.5, 0.2] if v.activation == "relu" else [0.9, 0.8, 0.7, 0.6, 0.5]
+        errs = [0.5, 0.2] if v.changes["activation"] == "relu" else [0.9, 0.8, 0.7, 0.6, 0.5]
         results[v.name] = [run(v.name, s, errs, errs, 0.1) for s in range(4)]
-    ctx = dataclasses.replace(context(seeds=4, fig1=fig1, epochs=84), fig1_budget=Budget(epochs=5))
+    ctx = dataclasses.replace(context(seeds=4, fig1=fig1, epochs=84), fig1_budget=budget(5))
     rows = claim_tests([variant("full"), variant("tanh")], results, ctx)
     t = rows["tanh"].test
     assert t.effect == pytest.approx(125 / 50) and "4 runs never reached 25%" in t.method
@@ -102,7 +110,7 @@ def test_partial_report_tests_figure1_before_the_tanh_variant_has_run():
     fig1 = ablate.figure1_variants(args)
     results = {"full": [run("full", s, [0.3], [0.3], 0.1) for s in range(4)]}
     for v in fig1:  # ReLU at 25% after 1 or 2 epochs, tanh after 4 or 5
-        errs = [0.2] if v.activation == "relu" else [0.9, 0.8, 0.5, 0.2]
+        errs = [0.2] if v.changes["activation"] == "relu" else [0.9, 0.8, 0.5, 0.2]
         results[v.name] = [run(v.name, s, [0.9] * (s % 2) + errs, [0.9] * (s % 2) + errs, 0.1) for s in range(4)]
     assert testable_claims([variant("full")], fig1) == ["tanh"] and testable_claims([variant("full")], []) == []
     assert len(testable_claims(ablate.VARIANTS, fig1)) == 7
@@ -115,10 +123,9 @@ def test_partial_report_tests_figure1_before_the_tanh_variant_has_run():
 
 def test_schedule_text_and_default_drops():
     from experiments.ablation.report import schedule_text
-    two_drops = Budget(84, lr_decay_epoch=52, lr_decay2_epoch=60)
-    assert schedule_text(two_drops) == "0.0025 / 10 from epoch 53, / 100 from epoch 61"
-    assert schedule_text(Budget(70, lr_decay_epoch=52), lr=False) == ", lr / 10 from epoch 53"
-    assert schedule_text(Budget(2)) == "0.0025" and schedule_text(Budget(2), lr=False) == ""
+    assert schedule_text(budget(84, 52, 60)) == "0.0025 / 10 from epoch 53, / 100 from epoch 61"
+    assert schedule_text(budget(70, 52), lr=False) == ", lr / 10 from epoch 53"
+    assert schedule_text(budget(2)) == "0.0025" and schedule_text(budget(2), lr=False) == ""
     for epochs, drops in [(144, (90, 102)), (84, (52, 60)), (6, (4, 0)), (3, (2, 0)), (2, (0, 0))]:
         args = ablate.get_args_parser().parse_args(["--epochs", str(epochs)])
         ablate.resolve(args)  # a budget too short for two drops gets one, not an error about flags never passed
@@ -244,14 +251,14 @@ def test_finished_runs_are_reused_whatever_their_thread_count(tmp_path):
     args = ablate.get_args_parser().parse_args(["--quick", "--runs-dir", str(tmp_path)])
     ablate.resolve(args)
     full = ablate.VARIANTS[0]
-    one, two = Budget(epochs=2, threads=1), Budget(epochs=2, threads=2)
+    one, two = budget(2, threads=1), budget(2, threads=2)
     saved = run("full", 0, [0.3, 0.2], [0.3, 0.2], 0.1)
     path = ablate.run_path(args, full, 0)
     old_style = ablate.run_key(full, one, args)
     old_style["budget"]["threads"] = 1  # as runs saved before the key left threads out name it
     path.write_text(json.dumps({"key": old_style, "result": saved.to_json()}))
     assert ablate.load_run(path, ablate.run_key(full, two, args)).final_val_error == 0.2
-    assert ablate.load_run(path, ablate.run_key(full, Budget(epochs=2, lr=0.01), args)) is None
+    assert ablate.load_run(path, ablate.run_key(full, budget(2, lr=0.01), args)) is None
     path.write_text("{not json")
     assert ablate.load_run(path, ablate.run_key(full, two, args)) is None
 
@@ -259,35 +266,37 @@ def test_finished_runs_are_reused_whatever_their_thread_count(tmp_path):
 def test_runs_saved_before_the_second_lr_drop_existed_keep_their_meaning(tmp_path):
     """A run whose budget has no lr_decay2_epoch ran without a second drop: reused where the budget has none (Figure
     1's own budget), not where it has one; the schedule drops / 10 then / 100."""
-    from experiments.ablation.train import StepDecay
+    from cluster.loop import LrSchedule
     args = ablate.get_args_parser().parse_args(["--runs-dir", str(tmp_path)])
     ablate.resolve(args)
     budgets = ablate.make_budgets(args)
     fig1, full = ablate.figure1_variants(args)[0], ablate.VARIANTS[0]
-    assert budgets.of(fig1).lr_decay2_epoch == 0 and budgets.of(full).lr_decay2_epoch == 102
-    assert (budgets.of(fig1).epochs, budgets.of(fig1).lr_decay_epoch, budgets.of(full).epochs) == (70, 52, 144)
+    assert budgets.of(fig1).lr_milestones == (52,) and budgets.of(full).lr_milestones == (90, 102)
+    assert (budgets.of(fig1).epochs, budgets.of(full).epochs) == (70, 144)
     old = ablate.run_key(fig1, budgets.of(fig1), args)
     del old["budget"]["lr_decay2_epoch"]
     path = ablate.run_path(args, fig1, 0)
     path.write_text(json.dumps({"key": old, "result": run(fig1.name, 0, [0.2], [0.3], 0.1).to_json()}))
     assert ablate.load_run(path, ablate.run_key(fig1, budgets.of(fig1), args)) is not None
-    with_drop = dataclasses.replace(budgets.of(fig1), lr_decay2_epoch=60)
+    with_drop = dataclasses.replace(budgets.of(fig1), lr_milestones=(52, 60))
     assert ablate.load_run(path, ablate.run_key(fig1, with_drop, args)) is None
-    assert [StepDecay(52, 60).lr(1.0, e) for e in (51, 52, 59, 60)] == pytest.approx([1.0, 0.1, 0.1, 0.01])
+    schedule = LrSchedule.from_config(with_drop, steps_per_epoch=25)
+    assert [schedule.lr(1.0, e, p) for e in (51, 52, 59, 60) for p in (0.0, 0.5)] == \
+        [1.0, 1.0, 0.1, 0.1, 0.1, 0.1, 0.1 ** 2, 0.1 ** 2]
 
 
 def test_a_run_finished_by_another_process_is_not_trained_again(tmp_path, monkeypatch):
     """Two processes share --runs-dir: a run that appeared after this one listed its work is reused, not retrained."""
     args = ablate.get_args_parser().parse_args(["--quick", "--runs-dir", str(tmp_path)])
     ablate.resolve(args)
-    full, budget = ablate.VARIANTS[0], Budget(epochs=2)
+    full, reference = ablate.VARIANTS[0], budget(2)
     listed = ({}, [(full, 0)])  # what load_finished saw at the start: nothing finished
     monkeypatch.setattr(ablate, "load_finished", lambda *a: listed)
     monkeypatch.setattr(ablate, "train_variant", lambda *a, **k: pytest.fail("trained a finished run again"))
     saved = run("full", 0, [0.3, 0.2], [0.3, 0.2], 0.1)
-    ablate.run_path(args, full, 0).write_text(json.dumps({"key": ablate.run_key(full, budget, args),
+    ablate.run_path(args, full, 0).write_text(json.dumps({"key": ablate.run_key(full, reference, args),
                                                           "result": saved.to_json()}))
-    results = ablate.run_all(args, [full], Budgets(budget), fingerprint=None)
+    results = ablate.run_all(args, [full], Budgets(reference), fingerprint=None)
     assert [r.final_val_error for r in results["full"]] == [0.2]
 
 
@@ -299,7 +308,7 @@ def test_partial_report_names_what_is_not_trained(tmp_path, capsys):
              "--figures", str(tmp_path / "figs"), "--report-only", "--partial"]
     args = ablate.get_args_parser().parse_args(flags)
     ablate.resolve(args)
-    budget = ablate.make_budgets(args).variants
+    reference = ablate.make_budgets(args).variants
     runs_dir.mkdir()
     assert ablate.main(flags) == 2 and "the reference ('full') has 0 of 2 seeds" in capsys.readouterr().err
     assert ablate.main([f for f in flags if f != "--report-only"]) == 2
@@ -309,7 +318,7 @@ def test_partial_report_names_what_is_not_trained(tmp_path, capsys):
         for s in seeds:
             r = run(name, s, [0.5, 0.3], [0.5, 0.3], 0.1, val_wrong=range(wrong))
             ablate.run_path(args, known[name], s).write_text(json.dumps(
-                {"key": ablate.run_key(known[name], budget, args), "result": r.to_json()}))
+                {"key": ablate.run_key(known[name], reference, args), "result": r.to_json()}))
     assert ablate.main(flags) == 0
     text = (tmp_path / "A.md").read_text()
     assert "**Not in this report**" in text and "tanh instead of ReLU (1 of 2 seeds)" in text
@@ -326,16 +335,16 @@ def test_claims_let_processes_share_the_runs_folder(tmp_path, monkeypatch):
     from experiments.ablation import saved_runs as ablation_runs
     args = ablate.get_args_parser().parse_args(["--quick", "--runs-dir", str(tmp_path)])
     ablate.resolve(args)
-    full, budget = ablate.VARIANTS[0], Budget(epochs=2)
+    full, reference = ablate.VARIANTS[0], budget(2)
     path = ablate.run_path(args, full, 0)
     assert ablation_runs.claim(path) and not ablation_runs.claim(path)  # held by this (live) process
     monkeypatch.setattr(ablate, "load_finished", lambda *a: ({}, [(full, 0)]))
     monkeypatch.setattr(ablate, "train_variant", lambda *a, **k: pytest.fail("trained a claimed run"))
-    assert ablate.run_all(args, [full], Budgets(budget), fingerprint=None) is None
+    assert ablate.run_all(args, [full], Budgets(reference), fingerprint=None) is None
     host = path.with_suffix(".claim").read_text().partition(":")[0]
     path.with_suffix(".claim").write_text(f"{host}:999999999")  # no such pid: the claimant is gone
     monkeypatch.setattr(ablate, "train_variant", lambda *a, **k: run("full", 0, [0.3, 0.2], [0.3, 0.2], 0.1))
-    results = ablate.run_all(args, [full], Budgets(budget), fingerprint=None)
+    results = ablate.run_all(args, [full], Budgets(reference), fingerprint=None)
     assert [r.final_val_error for r in results["full"]] == [0.2]
     assert path.is_file() and not path.with_suffix(".claim").exists() and not list(tmp_path.glob("*.tmp"))
 

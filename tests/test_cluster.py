@@ -198,7 +198,7 @@ def test_plan_resources_from_what_the_cluster_has(demo_shards, tmp_path, flags, 
     cfg = plan_resources(new_config(args, demo_shards), available)
     assert (cfg.gpus_per_worker, cfg.cpus_per_worker, cfg.threads, cfg.backend) == expected
     assert cfg.global_batch_size == 8 * cfg.workers
-    assert cfg.lr == pytest.approx(PRESETS["demo"].lr * 8 * cfg.workers / 128)
+    assert cfg.lr == pytest.approx(PRESETS["demo"].base_lr * 8 * cfg.workers / 128)
 
 
 def test_nccl_without_whole_gpus_is_refused(demo_shards, tmp_path):

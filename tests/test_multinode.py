@@ -137,7 +137,7 @@ def test_elastic_run_goes_on_with_the_replicas_that_fit(cluster, demo_shards, tm
     assert replicas[0] == 3 and replicas[-1] == 2 and replicas == sorted(replicas, reverse=True)
     for r in history:  # the data re-split over the new world: still every validation image once
         assert r["val_images"] == 50 and r["global_batch_size"] == 8 * r["replicas"]
-        assert r["lr"] == pytest.approx(PRESETS["demo"].lr * 8 * r["replicas"] / 128)  # the lr rule re-applied
+        assert r["lr"] == pytest.approx(PRESETS["demo"].base_lr * 8 * r["replicas"] / 128)  # the lr rule re-applied
     summary = json.loads((tmp_path / "mn" / "summary.json").read_text())
     assert summary["replicas_per_epoch"] == replicas and summary["nodes_lost"] >= 1
 
@@ -154,7 +154,7 @@ def test_elastic_run_grows_back_when_a_node_returns(cluster, demo_shards, tmp_pa
     assert len(replicas) == 6 and replicas[0] == 2 and replicas[-1] == 3 and replicas == sorted(replicas)
     # the larger world raised the peak (the demo preset's lr x 16/128 -> x 24/128): the replicas warm up to it, they
     # do not jump
-    base = PRESETS["demo"].lr
+    base = PRESETS["demo"].base_lr
     grown = history[replicas.index(3)]["lr"]
     assert base * 8 * 2 / 128 < grown < 0.99 * base * 8 * 3 / 128, grown
 

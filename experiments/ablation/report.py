@@ -44,14 +44,14 @@ CLAIMS = {
 class ReportContext:
     """What the report says about the run's settings (from experiments/ablation/study.py)."""
     command: str
-    budget: object  # experiments.ablation.train.Budget
+    budget: object  # the variants' reference, a cluster.recipe.TrainConfig (its epochs, batch, lr, schedule, ...)
     seeds: int
     fig1: list  # the Figure 1 sweep's Variants ([] when skipped)
     figure1_error: float
     minutes: float  # trained in this invocation
     not_trained: list = dataclasses.field(default_factory=list)  # what --partial left out, as text
     untested_claims: int = 0  # claims --partial left out: each counts in Holm's correction as p = 1
-    fig1_budget: object = None  # Figure 1's Budget (its epochs cap a run); None: the same as `budget`
+    fig1_budget: object = None  # Figure 1's reference (its epochs cap a run); None: the same as `budget`
 
     @property
     def figure1_budget(self):
@@ -91,10 +91,11 @@ def figure1(results, fig1, error, budget_steps):
         runs = results.get(v.name, [])
         steps = [steps_to(r, error, budget_steps) for r in runs]
         m = mean([s for s, _ in steps])
-        rows.append(f"| {v.activation} | {v.lr:g} | {', '.join(str(s) if ok else f'>{s}' for s, ok in steps)} | "
+        act, lr = v.changes["activation"], v.changes["base_lr"]
+        rows.append(f"| {act} | {lr:g} | {', '.join(str(s) if ok else f'>{s}' for s, ok in steps)} | "
                     f"{m:.0f} | {sum(r.diverged for r in runs)} |")
-        if v.activation not in best or m < best[v.activation][1]:
-            best[v.activation] = (v, m)
+        if act not in best or m < best[act][1]:
+            best[act] = (v, m)
     return best, rows
 
 
@@ -177,10 +178,9 @@ def _effect(row):
 def schedule_text(budget, lr=True):
     """'0.0025 / 10 from epoch N, / 100 from epoch M' (1-based epochs); without `lr`, the clause ', lr / 10 from
     epoch N...' to append to a sentence, or '' when there is no drop."""
-    drops = ", ".join(f"/ {10 ** (k + 1)} from epoch {e + 1}" for k, e in
-                      enumerate(e for e in (budget.lr_decay_epoch, budget.lr_decay2_epoch) if e))
+    drops = ", ".join(f"/ {10 ** (k + 1)} from epoch {e + 1}" for k, e in enumerate(budget.lr_milestones))
     if lr:
-        return f"{budget.lr:g} {drops}".rstrip()
+        return f"{budget.base_lr:g} {drops}".rstrip()
     return f", lr {drops}" if drops else ""
 
 
@@ -287,19 +287,20 @@ def write_report(path, figures_dir, variants, results, *, context):
     if context.fig1:
         budget_steps = context.figure1_budget.epochs * steps
         best, fig_rows = figure1(results, context.fig1, context.figure1_error, budget_steps)
+        rates = ", ".join(f"{v.changes['base_lr']:g}" for v in context.fig1 if v.changes["activation"] == "relu")
         plot_figure1(results[best["relu"][0].name], results[best["tanh"][0].name],
                      figures_dir / "figure1_relu_tanh.png", context.figure1_error)
         text += ("## Figure 1 as the paper ran it\n\nNo dropout, no weight decay, no augmentation (centre crops, "
                  "no lighting); ReLU and tanh each at the rates "
-                 f"{', '.join(f'{v.lr:g}' for v in context.fig1 if v.activation == 'relu')}; a run stops at "
+                 f"{rates}; a run stops at "
                  f"{100 * context.figure1_error:.0f}% training error (as trained, measured at epoch ends, so steps "
                  f"are multiples of {steps}), at most {context.figure1_budget.epochs} epochs"
                  + schedule_text(context.figure1_budget, lr=False)
                  + ". Best rate: fewest mean steps.\n\n"
                  "| activation | lr | steps to 25% per seed | mean | diverged |\n| --- | --- | --- | --- | --- |\n"
                  + "\n".join(fig_rows) + "\n\n"
-                 f"Best: ReLU at lr {best['relu'][0].lr:g} ({best['relu'][1]:.0f} steps), tanh at lr "
-                 f"{best['tanh'][0].lr:g} ({best['tanh'][1]:.0f} steps)"
+                 f"Best: ReLU at lr {best['relu'][0].changes['base_lr']:g} ({best['relu'][1]:.0f} steps), tanh at lr "
+                 f"{best['tanh'][0].changes['base_lr']:g} ({best['tanh'][1]:.0f} steps)"
                  + (f"; the test is in the tanh row above ({rows['tanh'].verdict})." if "tanh" in rows else ".")
                  + " A best rate at the edge of the sweep means a wider sweep could find a faster one. Choosing the "
                  "best rate and testing on the same runs favours each arm a little, both alike.\n\n"

@@ -1,6 +1,5 @@
 """The ablation's runs folder (study.py): one JSON per finished run, what makes a saved run reusable, claims
 that let several processes share the folder without training a run twice, and --partial's cut to what finished."""
-import dataclasses
 import json
 import os
 import socket
@@ -19,11 +18,32 @@ def data_key(args):
             "demo_val_per_class": args.val_per_class}
 
 
-def run_key(variant, budget, args):
-    """What a finished run must match to be reused. Not the thread count: it changes the speed (and fp32's last
-    bits), not the experiment, so runs made with -j 1 beside each other serve a -j 2 report and the reverse."""
-    budget = {k: v for k, v in dataclasses.asdict(budget).items() if k != "threads"}
-    return {"variant": dataclasses.asdict(variant), "budget": budget, "data": data_key(args)}
+# The settings a variant's record names, in the order the committed runs saved them (any other setting a variant
+# changes is added after them, so such a run is never taken for one of these).
+VARIANT_RECORD = ("activation", "lrn", "overlapping_pool", "dropout", "crop_flip", "lighting", "wd")
+
+
+def budget_record(reference, *, threads=False):
+    """A reference TrainConfig as the runs record their budget (the committed runs' format)."""
+    drops = reference.lr_milestones if reference.lr_schedule == "milestones" else ()
+    record = {"epochs": reference.epochs, "batch_size": reference.batch_size, "lr": reference.base_lr,
+              "momentum": reference.momentum, "lr_decay_epoch": drops[0] if drops else 0,
+              "lr_decay2_epoch": drops[1] if len(drops) > 1 else 0, "crop": reference.crop, "init": reference.init,
+              "normalize": reference.normalize, "decay_biases": reference.decay_biases}
+    if len(drops) > 2:
+        record["lr_milestones"] = list(drops)
+    return {**record, "threads": reference.threads} if threads else record
+
+
+def run_key(variant, reference, args):
+    """What a finished run must match to be reused: the variant's settings, its reference's budget and the data.
+    Not the thread count: it changes the speed (and fp32's last bits), not the experiment, so runs made with -j 1
+    beside each other serve a -j 2 report and the reverse."""
+    cfg = variant.config(reference)
+    record = {"name": variant.name, "label": variant.label, **{k: getattr(cfg, k) for k in VARIANT_RECORD},
+              "lr": cfg.base_lr if "base_lr" in variant.changes else 0.0, "stop_at": variant.stop_at,
+              **{k: v for k, v in variant.changes.items() if k not in VARIANT_RECORD and k != "base_lr"}}
+    return {"variant": record, "budget": budget_record(reference), "data": data_key(args)}
 
 
 # Budget fields added after runs were saved, with the value that reproduces what those runs did. Only these: a field

@@ -20,10 +20,12 @@ import sys
 import time
 from pathlib import Path
 
+from cluster.setting import command_line
 from experiments.ablation.plan import print_plan
 from experiments.ablation.report import ReportContext, write_report
 from experiments.ablation.saved_runs import (
     AblateError,
+    budget_record,
     claim,
     data_key,
     finished_only,
@@ -34,21 +36,25 @@ from experiments.ablation.saved_runs import (
     run_path,
     save_run,
 )
-from experiments.ablation.train import Budget, Budgets, Variant, train_variant
+from experiments.ablation.train import Budgets, Variant, reference_config, train_variant
 from pipeline import build_shards
 from pipeline import manifest as mf
 
+# The reference and one setting of cluster/recipe.py changed (`python cluster/launch.py` flags: --activation tanh,
+# --no-lrn, --no-overlap, --dropout 0, --no-crop-flip, --lighting 0, --wd 0).
 VARIANTS = [
     Variant("full", "full recipe"),
-    Variant("tanh", "tanh instead of ReLU", activation="tanh"),
-    Variant("no_lrn", "no LRN", lrn=False),
-    Variant("no_overlap", "pooling z=2, s=2 (no overlap)", overlapping_pool=False),
-    Variant("no_dropout", "no dropout", dropout=0.0),
-    Variant("no_augment", "no crops/flips (centre crop)", crop_flip=False),
-    Variant("no_lighting", "no PCA lighting", lighting=0.0),
-    Variant("no_wd", "no weight decay", wd=0.0),
+    Variant("tanh", "tanh instead of ReLU", {"activation": "tanh"}),
+    Variant("no_lrn", "no LRN", {"lrn": False}),
+    Variant("no_overlap", "pooling z=2, s=2 (no overlap)", {"overlapping_pool": False}),
+    Variant("no_dropout", "no dropout", {"dropout": 0.0}),
+    Variant("no_augment", "no crops/flips (centre crop)", {"crop_flip": False}),
+    Variant("no_lighting", "no PCA lighting", {"lighting": 0.0}),
+    Variant("no_wd", "no weight decay", {"wd": 0.0}),
 ]
 FIGURE1_ERROR = 0.25  # the paper's Figure 1: steps to 25% training error
+LOCAL = ("threads", "gpus_per_worker", "min_workers")  # how this machine runs it, not the recipe: the launcher picks
+DEFAULT_LR = 0.0025  # the demo preset's (0.01 per 128 images was too high on the shapes set: docs/BENCHMARKS.md)
 # (full, quick): the quick run is a smoke test of the whole path, not a measurement.
 DEFAULTS = {"epochs": (144, 2), "fig1_epochs": (70, 2), "seeds": (4, 2), "train_per_class": (80, 10),
             "val_per_class": (100, 5),
@@ -84,8 +90,8 @@ def get_args_parser():
     a("--crop", type=int, default=64, help="training and evaluation crop; the shards are built at round(crop * 256 / "
                                            "224) so the loader never resizes (default: 64)")
     a("-b", "--batch-size", type=int, default=32, help="batch size (default: 32)")
-    a("--lr", type=float, default=Budget.lr, help=f"the reference's learning rate, every ablation variant's "
-                                                  f"(default: {Budget.lr})")
+    a("--lr", type=float, default=DEFAULT_LR, help=f"the reference's learning rate, every ablation variant's "
+                                                   f"(default: {DEFAULT_LR})")
     a("--fig1-lr-factors", default="0.2,0.5,1", help="Figure 1's sweep: these multiples of --lr for both ReLU and "
                                                      "tanh, each shown at its best (default: 0.2,0.5,1)")
     a("--lr-decay-epoch", type=int, default=None,
@@ -118,8 +124,9 @@ def figure1_variants(args):
     for act in ("relu", "tanh"):
         for f in args.fig1_lr_factors:
             lr = float(f"{f * args.lr:.6g}")
-            out.append(Variant(f"fig1_{act}_lr{lr:g}", f"Figure 1: {act}, lr {lr:g}", activation=act, dropout=0.0,
-                               crop_flip=False, lighting=0.0, wd=0.0, lr=lr, stop_at=FIGURE1_ERROR))
+            out.append(Variant(f"fig1_{act}_lr{lr:g}", f"Figure 1: {act}, lr {lr:g}",
+                               {"activation": act, "dropout": 0.0, "crop_flip": False, "lighting": 0.0, "wd": 0.0,
+                                "base_lr": lr}, stop_at=FIGURE1_ERROR))
     return out
 
 
@@ -132,8 +139,8 @@ def resolve(args):
     if args.data is None:
         args.data = Path(f"data/shapes-quick-{args.size}" if args.quick else f"data/shapes-{args.size}")
     # The paper's rule, lr / 10 when the validation error stops improving, read off one reference run and then
-    # fixed for every variant (why these epochs, with the runs that set them: docs/BENCHMARKS.md, "The ablation's
-    # budget"). 144 epochs put the last quarter, where convergence is checked, 6 epochs after the second drop.
+    # fixed for every variant, so that the reference converges by the report's rule; why these epochs, with the
+    # measurements: docs/TRAINING.md ("The budget") and docs/BENCHMARKS.md ("A budget the reference converges in").
     if args.lr_decay_epoch is None:
         args.lr_decay_epoch = round(args.epochs * 90 / 144) if args.epochs > 2 else 0
     if args.lr_decay2_epoch is None:
@@ -195,11 +202,13 @@ def ensure_data(args):
 
 
 def make_budgets(args):
-    variants = Budget(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_decay_epoch=args.lr_decay_epoch,
-                      lr_decay2_epoch=args.lr_decay2_epoch, crop=args.crop, threads=args.threads)
+    """The references (TrainConfigs) of the variants and of Figure 1: the same recipe, with their own budgets."""
+    variants = reference_config(epochs=args.epochs, batch_size=args.batch_size, base_lr=args.lr,
+                                milestones=[e for e in (args.lr_decay_epoch, args.lr_decay2_epoch) if e],
+                                crop=args.crop, threads=args.threads, data=args.data)
     fig1_decay = max(1, round(0.75 * args.fig1_epochs)) if args.fig1_epochs > 2 else 0  # the rule its runs had
-    return Budgets(variants, dataclasses.replace(variants, epochs=args.fig1_epochs, lr_decay_epoch=fig1_decay,
-                                                 lr_decay2_epoch=0))
+    return Budgets(variants, dataclasses.replace(variants, epochs=args.fig1_epochs,
+                                                 lr_milestones=(fig1_decay,) if fig1_decay else ()))
 
 
 def run_all(args, variants, budgets, fingerprint):
@@ -221,8 +230,11 @@ def run_all(args, variants, budgets, fingerprint):
             # Finished by another process since the list above was made: reuse it.
             done = load_run(path, key, quiet=True) if path.is_file() and not args.fresh else None
             if done is None:
-                print(f"[{k}/{len(todo)}] {variant.name} seed {seed}: training ({variant.label})", flush=True)
-                done = train_variant(variant, budget, args.data, seed, log=lambda m: print(m, flush=True))
+                cfg = dataclasses.replace(variant.config(budget), seed=seed)
+                print(f"[{k}/{len(todo)}] {variant.name} seed {seed}: training ({variant.label}; on a cluster: "
+                      f"python cluster/launch.py {' '.join(command_line(cfg, skip=LOCAL))})", flush=True)
+                done = train_variant(cfg, seed, variant=variant.name, stop_at=variant.stop_at,
+                                     budget=budget_record(budget, threads=True), log=lambda m: print(m, flush=True))
                 save_run(path, {"key": key, "val_shards_sha256": fingerprint, "result": done.to_json()})
             results.setdefault(variant.name, []).append(done)
         finally:

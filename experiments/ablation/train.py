@@ -1,8 +1,10 @@
-"""One ablation run: a variant of the paper's recipe trained single-process (no Ray) on the DALI CPU loader, with the
-training step and evaluation the cluster runs (cluster/loop.py), and its per-epoch history.
+"""One ablation run: a variant of the reference recipe trained single-process (no Ray) on the DALI CPU loader, with
+what the cluster's workers build from a TrainConfig (cluster/loop.py's loaders' settings, schedule, step and
+evaluation; cluster/build_model.py's net), and its per-epoch history.
 
-The variants switch one technique off at a time (model/alexnet.py's activation, lrn, overlapping_pool, dropout; the
-loader's crop_flip and lighting; the optimizer's weight decay); everything else, seeds included, stays equal.
+The variants switch one setting of cluster/recipe.py off at a time (activation, lrn, overlapping_pool, dropout,
+crop_flip, lighting, wd); everything else, seeds included, stays equal. Each is also a `python cluster/launch.py`
+command (experiments/ablation/study.py prints it).
 """
 import dataclasses
 import math
@@ -13,45 +15,38 @@ from dataclasses import dataclass, field
 
 import torch
 
-from cluster.loop import evaluate, make_optimizer, train_one_epoch
-from model import AlexNet
+from cluster.build_model import build_model
+from cluster.loop import LrSchedule, evaluate, loader_settings, make_optimizer, train_one_epoch, training_augmentation
+from cluster.recipe import TrainConfig, preset_config
 from pipeline.loader import make_loader
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One row of the ablation: the full recipe with (at most) one switch changed."""
+    """One row of the ablation: the reference recipe (a TrainConfig) with (at most) one setting changed; Figure 1's
+    runs change several (the paper's setting for that figure) and stop early."""
     name: str
     label: str
-    activation: str = "relu"
-    lrn: bool = True
-    overlapping_pool: bool = True
-    dropout: float = 0.5
-    crop_flip: bool = True  # random crop + horizontal flip (the paper's translations and reflections)
-    lighting: float = 0.1  # PCA lighting noise strength; 0 turns it off
-    wd: float = 5e-4
-    lr: float = 0.0  # its own peak learning rate; 0: the budget's (study.py's lr rule sets it for Figure 1)
+    changes: dict = field(default_factory=dict)  # {TrainConfig field: value} changed from the reference
     stop_at: float = 0.0  # stop once the training error (as trained) is at or below this; 0: train the whole budget
 
+    def __post_init__(self):
+        unknown = set(self.changes) - {f.name for f in dataclasses.fields(TrainConfig)}
+        if unknown:
+            raise ValueError(f"variant {self.name}: {sorted(unknown)} are not settings of cluster/recipe.py")
 
-@dataclass(frozen=True)
-class Budget:
-    """What every variant gets alike."""
-    epochs: int
-    batch_size: int = 32
-    # The paper's 0.01 per 128 images, at 32. Why not 0.01 itself, as an earlier budget had it: docs/BENCHMARKS.md,
-    # "The ablation's budget".
-    lr: float = 0.0025
-    momentum: float = 0.9
-    lr_decay_epoch: int = 0  # lr / 10 from this 0-based epoch on (0: never)
-    # lr / 100 from this one on (0: never), the paper's "reduced three times" in short: the second plateau's drop.
-    # Added after runs were saved without it: saved_runs.same_run reads a missing field as its default.
-    lr_decay2_epoch: int = 0
-    crop: int = 112
-    init: str = "kaiming"  # one of model.INITS: the demo preset's
-    normalize: str = "paper"  # input normalisation (pipeline/stats.py): the paper's, as both presets
-    decay_biases: bool = False  # weight decay on the weights only, as both presets
-    threads: int = 2
+    def config(self, reference):
+        return dataclasses.replace(reference, **self.changes)
+
+
+def reference_config(*, epochs, batch_size, base_lr, milestones, crop, threads, data=None):
+    """The ablation's reference recipe, as the cluster declares it: the demo preset (Kaiming init, the paper's
+    inputs, weight decay on the weights only) on one replica, at `base_lr` as it is (not scaled: one replica of
+    `batch_size`), no warmup, lr / 10 after each of `milestones` epochs."""
+    return preset_config("demo", data=None if data is None else str(data), epochs=epochs, batch_size=batch_size,
+                         base_lr=base_lr, lr_scaling="none", warmup_epochs=0, lr_schedule="milestones",
+                         lr_milestones=tuple(milestones), crop=crop, threads=threads, workers=1, min_workers=1,
+                         gpus_per_worker=0.0)
 
 
 @dataclass
@@ -103,25 +98,14 @@ class RunResult:
 
 @dataclass(frozen=True)
 class Budgets:
-    """The ablation variants' budget and Figure 1's: its runs stop at 25% training error, so its epochs are only a
-    cap, and the sweep keeps the budget it ran with when the variants' grows (experiments/ablation/study.py)."""
-    variants: Budget
-    figure1: Budget = None  # None: the variants' budget
+    """The references of the ablation variants and of Figure 1 (TrainConfigs): Figure 1's runs stop at 25% training
+    error, so its epochs are only a cap, and the sweep keeps the budget it ran with when the variants' grows
+    (experiments/ablation/study.py)."""
+    variants: TrainConfig
+    figure1: TrainConfig = None  # None: the variants' reference
 
     def of(self, variant):
         return self.figure1 if variant.stop_at and self.figure1 else self.variants
-
-
-@dataclass(frozen=True)
-class StepDecay:
-    """The lr schedule of an ablation run: the peak, / 10 from 0-based epoch `at` on, / 100 from `at2` on (0: never).
-    Duck-types cluster.loop.LrSchedule.lr for train_one_epoch."""
-    at: int
-    at2: int = 0
-
-    def lr(self, peak, epoch, progress=0.0):
-        drops = sum(1 for e in (self.at, self.at2) if e and epoch >= e)
-        return peak * 0.1 ** drops
 
 
 class FirstBatchTimer:
@@ -167,48 +151,45 @@ def current_commit():
         return ""
 
 
-def build_model(variant, budget, num_classes):
-    # The split form on one device, as a CPU worker of the cluster runs it.
-    model = AlexNet(num_classes, activation=variant.activation, lrn=variant.lrn,
-                    overlapping_pool=variant.overlapping_pool, dropout=variant.dropout, init=budget.init)
-    return model.place("cpu", "cpu")
-
-
-def train_variant(variant, budget, data_dir, seed, *, log=print):
-    """Train `variant` for budget.epochs with `seed` (weights, data order, augmentation, dropout); a RunResult."""
+def train_variant(cfg, seed, *, variant, stop_at=0.0, budget=None, log=print):
+    """Train the run `cfg` (a TrainConfig: a variant's recipe) with `seed` (weights, data order, augmentation,
+    dropout) in this process, with the cluster's loaders, model, optimizer, schedule and step; a RunResult.
+    variant: its name in the result; budget: the record of its budget the result keeps."""
+    cfg = dataclasses.replace(cfg, seed=seed)
     torch.manual_seed(seed)
-    torch.set_num_threads(budget.threads)
+    torch.set_num_threads(cfg.threads)
     device = torch.device("cpu")
-    common = dict(crop=budget.crop, seed=seed, num_threads=budget.threads, device="cpu", normalize=budget.normalize)
-    train_loader = make_loader(data_dir, "train", budget.batch_size, train=True, crop_flip=variant.crop_flip,
-                               lighting=variant.lighting, **common)
-    val_loader = make_loader(data_dir, "val", budget.batch_size, train=False, **common)
-    model = build_model(variant, budget, len(train_loader.manifest["classes"]))
-    lr = variant.lr or budget.lr
-    opt = make_optimizer(model, lr, budget.momentum, variant.wd, decay_biases=budget.decay_biases)
-    schedule = StepDecay(budget.lr_decay_epoch, budget.lr_decay2_epoch)
-    result = RunResult(variant.name, seed, dataclasses.asdict(budget), len(train_loader), commit=current_commit(),
+    common = loader_settings(cfg, 0, 1, device)
+    train_loader = make_loader(cfg.data, "train", cfg.batch_size, train=True, **training_augmentation(cfg), **common)
+    val_loader = make_loader(cfg.data, "val", cfg.batch_size, train=False, **common)
+    cfg = dataclasses.replace(cfg, num_classes=len(train_loader.manifest["classes"]))
+    model = build_model(cfg).place("cpu", "cpu")  # the split form on one device, as a CPU worker of the cluster
+    _, lr = cfg.recipe(1)
+    opt = make_optimizer(model, lr, cfg.momentum, cfg.wd, decay_biases=cfg.decay_biases)
+    schedule = LrSchedule.from_config(cfg, steps_per_epoch=len(train_loader))
+    result = RunResult(variant, seed, budget or {}, len(train_loader), commit=current_commit(),
                        load_average=os.getloadavg()[0])
     start = time.time()
-    for epoch in range(budget.epochs):
+    for epoch in range(cfg.epochs):
         t0 = time.time()
         train_loader.set_epoch(epoch)  # builds the epoch's pipeline and its first batch: part of the fixed cost
         timed_train, timed_val = FirstBatchTimer(train_loader), FirstBatchTimer(val_loader)
         timed_train.setup = time.time() - t0
         m = train_one_epoch(model, opt, timed_train, epoch=epoch, schedule=schedule, peak_lr=lr,
-                            device=device, epochs=budget.epochs)
+                            device=device, epochs=cfg.epochs)
         t_train = time.time() - t0
         top1, top5, _ = evaluate(model, timed_val, device)
+        schedule.end_epoch(epoch, top1)
         rec = EpochRecord(epoch + 1, m["train_loss"], m["train_top1_error"], top1, top5,
                           schedule.lr(lr, epoch), time.time() - t0, t_train, timed_train.setup + timed_train.first,
                           timed_val.first)
         result.history.append(rec)
-        log(f"  {variant.name} seed {seed} epoch {rec.epoch}/{budget.epochs}: loss {rec.train_loss:.3f}, "
+        log(f"  {variant} seed {seed} epoch {rec.epoch}/{cfg.epochs}: loss {rec.train_loss:.3f}, "
             f"train error {rec.train_error:.3f}, val top-1 error {top1:.3f} ({rec.seconds:.0f}s)")
         result.diverged = not math.isfinite(rec.train_loss)
-        if result.diverged or (variant.stop_at and rec.train_error <= variant.stop_at):
+        if result.diverged or (stop_at and rec.train_error <= stop_at):
             break  # a diverged run learns nothing more; a Figure 1 run has measured what it is for
-    clean_train = make_loader(data_dir, "train", budget.batch_size, train=False, **common)
+    clean_train = make_loader(cfg.data, "train", cfg.batch_size, train=False, **common)
     result.final_train_error = evaluate(model, clean_train, device)[0]
     result.val_correct = per_image_correct(model, val_loader)
     result.train_correct = per_image_correct(model, clean_train)
