@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from cluster.chance import ChanceLevel
 from cluster.recipe import MAX_LR_DECAYS
 
 
@@ -25,7 +26,8 @@ class LrSchedule:
 
     plateau: torch's ReduceLROnPlateau rule (mode min, relative threshold 1e-4): `patience` epochs in a row without
     improvement are allowed and the next one divides the rate by 10 (patience 2: the third), at most MAX_LR_DECAYS
-    times, never counted during a ramp. step: a decay every `step_size` epochs.
+    times, never counted during a ramp, nor before the error first leaves chance (cluster/chance.py; known when
+    num_classes is set and end_epoch is told the validation set's size). step: a decay every `step_size` epochs.
 
     warmup_steps: the run's first steps (counted from epoch 0 with steps_per_epoch, which the caller sets) are scaled
     by (step + 1) / warmup_steps, on top of the above: the paper preset's start (benchmarks/init_check.py).
@@ -44,6 +46,9 @@ class LrSchedule:
     ramp_start: int = 0  # its first epoch
     ramp_epochs: int | None = None  # its length (None: warmup_epochs)
     peak: float | None = None  # the peak the run last trained at (None: not started)
+    num_classes: int = 0  # for the chance rule (0: every epoch counts, torch's rule as it is)
+    left_chance: bool = False  # a validation error has been below chance by more than its noise
+    epochs_at_chance: int = 0  # epochs past the ramp with the error still at chance
 
     def __post_init__(self):
         if self.ramp_from is None:
@@ -88,9 +93,17 @@ class LrSchedule:
         self.ramp_start, self.ramp_epochs = epoch, 0  # any ramp ends here
         return f"peak lr {old:g} -> {peak:g} (another world size): the rate goes from {now:.3g} to {target:.3g}"
 
-    def end_epoch(self, epoch, val_error):
-        """Record epoch `epoch`'s validation error; returns True when the rate was just divided by 10."""
-        if self.schedule != "plateau" or epoch + 1 <= self._ramp_end():
+    def end_epoch(self, epoch, val_error, val_images=0):
+        """Record epoch `epoch`'s validation error (on `val_images` images); returns True when the rate was just
+        divided by 10."""
+        if epoch + 1 <= self._ramp_end():
+            return False
+        if self.num_classes and val_images and not self.left_chance:
+            self.left_chance = ChanceLevel(self.num_classes, val_images).left(val_error)
+            if not self.left_chance:  # never improved: not a plateau, and no decay is spent on it
+                self.epochs_at_chance += 1
+                return False
+        if self.schedule != "plateau":
             return False
         if val_error < self.best * (1 - 1e-4):
             self.best, self.bad_epochs = val_error, 0
@@ -101,13 +114,15 @@ class LrSchedule:
             return True
         return False
 
-    STATE = ("decays", "best", "bad_epochs", "ramp_from", "ramp_start", "ramp_epochs", "peak")
+    STATE = ("decays", "best", "bad_epochs", "ramp_from", "ramp_start", "ramp_epochs", "peak", "left_chance",
+             "epochs_at_chance")
 
     def state_dict(self):
         return {k: getattr(self, k) for k in self.STATE}
 
     def load_state_dict(self, state):
-        # a checkpoint from before the ramp was stored keeps the first warmup and no peak (no re-warm)
+        # a checkpoint from before the ramp was stored keeps the first warmup and no peak (no re-warm); one from
+        # before the chance rule starts it afresh (a run that learns leaves chance at its next epoch)
         for k in self.STATE:
             if k in state:
                 setattr(self, k, state[k])

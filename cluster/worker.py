@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from cluster.chance import STUCK_AFTER_EPOCHS, ChanceLevel, stuck_message
 from cluster.grad_compression import register as register_compression
 from cluster.loop import LrSchedule, evaluate, loader_settings, make_optimizer, train_one_epoch
 from cluster.recipe import DEFAULT_WARMUP_EPOCHS
@@ -105,7 +106,7 @@ def train_loop_per_worker(loop_config):
     model, trainable = build_replica(cfg, devices)
     opt = make_optimizer(model, peak_lr, cfg.momentum, cfg.wd, decay_biases=cfg.decay_biases)
     schedule = LrSchedule(cfg.base_lr, cfg.warmup_epochs, cfg.lr_schedule, cfg.lr_patience, cfg.lr_step_size,
-                          warmup_steps=cfg.warmup_steps, steps_per_epoch=len(train_loader))
+                          warmup_steps=cfg.warmup_steps, steps_per_epoch=len(train_loader), num_classes=cfg.num_classes)
     start_epoch = _load_checkpoint(model, opt, schedule)
     # another world size than the checkpoint's (elastic restart, --resume --workers): the launch rule again, a
     # warmup over --warmup-epochs (5 when the run had none) from the rate the run had to the new peak
@@ -123,7 +124,7 @@ def train_loop_per_worker(loop_config):
                                   epochs=cfg.epochs, before_step=before_step)
         lr = opt.param_groups[0]["lr"]
         top1, top5, n = evaluate(model, val_loader, device, amp=cfg.amp)
-        schedule.end_epoch(epoch, top1)
+        schedule.end_epoch(epoch, top1, n)
         metrics.update(epoch=epoch + 1, val_top1_error=top1, val_top5_error=top5, val_images=n, lr=lr,
                        replicas=world, global_batch_size=global_batch)
         if epoch + 1 == cfg.epochs:  # the paper's ten patches, once, carried by the last checkpointed report
@@ -137,6 +138,8 @@ def train_loop_per_worker(loop_config):
             log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {metrics['train_loss']:.4f}, val top-1 error "
                 f"{top1:.4f}, top-5 error {top5:.4f} ({n} images), {metrics['images_per_second']:.1f} img/s, "
                 f"{world} replica(s)")
+        if log and not schedule.left_chance and schedule.epochs_at_chance == STUCK_AFTER_EPOCHS:
+            log(stuck_message(STUCK_AFTER_EPOCHS, top1, ChanceLevel(cfg.num_classes, n), cfg.preset))
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:
