@@ -199,14 +199,15 @@ def train_one_epoch(model, opt, loader, *, epoch, schedule, peak_lr, device, amp
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, *, amp=False, ten_crop=False):
+def evaluate(model, loader, device, *, amp=False, ten_crop=False, progress=None):
     """(top-1 error, top-5 error, images) over this rank's shard, summed over ranks: every image counted once.
-    With ten_crop the loader yields (N, 10, 3, H, W) and the softmax of the ten patches is averaged (the paper)."""
+    With ten_crop the loader yields (N, 10, 3, H, W) and the softmax of the ten patches is averaged (the paper).
+    progress: wraps the loader to show how far it is (cluster/progress.py)."""
     model.eval()
     top1 = torch.zeros((), dtype=torch.int64, device=device)  # on the device: no per-batch sync
     top5 = torch.zeros((), dtype=torch.int64, device=device)
     count = 0
-    for images, labels, _ in loader:
+    for images, labels, _ in (progress(loader) if progress else loader):
         n, labels = images.shape[0], labels.to(device)
         images = images.to(device).flatten(0, 1) if ten_crop else images.to(device)
         if device.type == "cuda":
