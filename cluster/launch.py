@@ -172,6 +172,10 @@ def main(argv=None):
     if dali_missing():
         print(f"error: {dali_missing()}", file=sys.stderr)
         return 2
+    from cluster.job_paths import relative_path_error
+    if relative_path_error(args.output_dir, args.storage):  # a `ray job submit` job: its cwd is deleted after
+        print(f"error: {relative_path_error(args.output_dir, args.storage)}", file=sys.stderr)
+        return 2
     if args.test_only:
         from cluster.evaluate import test_only
         return test_only(args)
