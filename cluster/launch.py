@@ -194,6 +194,9 @@ def main(argv=None):
         # Ray passes the variable on from the driver to the controller and the workers.
         os.environ.setdefault("RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING", "0")
         import ray
+
+        from cluster import ray_noise
+        ray_noise.before_init(local_cluster=not cfg.address)  # Ray's lines that read as failures: cluster/ray_noise.py
         if cfg.address:
             try:
                 ray.init(address=cfg.address, logging_level="WARNING")
@@ -210,6 +213,7 @@ def main(argv=None):
             # address="local": a new cluster even when one is already running on this machine (a bare ray.init()
             # joins that one, with its owner's resources and settings).
             ray.init(address="local", dashboard_host="127.0.0.1", logging_level="WARNING", _node_ip_address="127.0.0.1")
+        ray_noise.after_init(ray.get_runtime_context().gcs_address)
         try:
             cfg = plan_resources(cfg, ray.cluster_resources())
             print(describe(cfg), flush=True)
@@ -220,6 +224,7 @@ def main(argv=None):
             return fit(cfg, inject_failure)
         finally:
             ray.shutdown()
+            ray_noise.restore()
     except (LaunchError, mf.ManifestError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
