@@ -213,7 +213,7 @@ def main(argv=None):
             # address="local": a new cluster even when one is already running on this machine (a bare ray.init()
             # joins that one, with its owner's resources and settings).
             ray.init(address="local", dashboard_host="127.0.0.1", logging_level="WARNING", _node_ip_address="127.0.0.1")
-        ray_noise.after_init(ray.get_runtime_context().gcs_address)
+        ray_noise.after_init(ray, cfg.address)
         try:
             cfg = plan_resources(cfg, ray.cluster_resources())
             print(describe(cfg), flush=True)

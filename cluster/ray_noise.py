@@ -58,8 +58,14 @@ def before_init(local_cluster):
         logging.getLogger(TOKEN_LOGGER).addFilter(_TOKEN_FILTER)
 
 
-def after_init(gcs_address):
-    """Give the processes Train starts this cluster's address (see the module docstring)."""
+def after_init(ray, address):
+    """Give the processes Train starts this cluster's address (see the module docstring). address: --address; a Ray
+    Client address (ray://) is left alone, its driver's processes are not the cluster's."""
+    if address and address.startswith("ray://"):
+        return
+    gcs_address = getattr(ray.get_runtime_context(), "gcs_address", None)
+    if not gcs_address:
+        return
     _set(ADDRESS, gcs_address, keep_users=False)
     names = _propagated()
     if names is not None and ADDRESS not in names:

@@ -75,3 +75,34 @@ def test_a_run_shows_rays_real_error_without_the_noise(demo_shards, tmp_path, an
     assert "Traceback" in out  # the worker's own traceback is kept: it is what a user debugs with
     for line in NOISE:
         assert line not in out, f"Ray's {line!r} is back:\n{out[-3000:]}"
+
+
+class FakeRay:
+    class Context:
+        gcs_address = "127.0.0.1:6379"
+
+    def get_runtime_context(self):
+        return self.Context()
+
+
+def test_the_settings_are_undone_and_only_the_token_line_is_filtered(monkeypatch, caplog):
+    import logging
+
+    from cluster import ray_noise
+    monkeypatch.delenv(ray_noise.ADDRESS, raising=False)
+    monkeypatch.delenv(ray_noise.PREEMPTION_WATCHER, raising=False)
+    ray_noise.before_init(local_cluster=True)
+    ray_noise.after_init(FakeRay(), None)
+    try:
+        assert os.environ[ray_noise.ADDRESS] == "127.0.0.1:6379"
+        assert os.environ[ray_noise.PREEMPTION_WATCHER] == "0"
+        log = logging.getLogger(ray_noise.TOKEN_LOGGER)
+        with caplog.at_level(logging.WARNING, logger=ray_noise.TOKEN_LOGGER):
+            log.warning("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled ...")
+            log.warning("Token authentication is disabled for this Ray cluster. Anyone with network access ...")
+        assert [r.getMessage()[:40] for r in caplog.records] == ["Token authentication is disabled for thi"]
+    finally:
+        ray_noise.restore()
+    assert ray_noise.ADDRESS not in os.environ and ray_noise.PREEMPTION_WATCHER not in os.environ
+    ray_noise.after_init(FakeRay(), "ray://head:10001")  # a Ray Client driver: left alone
+    assert ray_noise.ADDRESS not in os.environ
