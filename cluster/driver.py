@@ -10,6 +10,7 @@ from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from cluster import report, run_inputs
+from cluster.job_paths import location_line
 from cluster.outputs import RunOutputs, mark_lost_nodes
 from cluster.run_files import CHECKPOINTS_KEPT, EVENTS_FILE, METRICS_FILE, read_jsonl
 from cluster.worker import train_loop_per_worker
@@ -58,6 +59,8 @@ def fit(cfg, inject_failure=None):
     callback = RunOutputs(run_dir)
     storage = cfg.storage if cfg.storage != cfg.output_dir else "the run folder"
     print(f"training {cfg.workers} replica(s) on {cfg.data} -> {run_dir} (checkpoints: {storage})", flush=True)
+    if location_line(run_dir, cfg.storage):
+        print(location_line(run_dir, cfg.storage), flush=True)
     try:
         result = make_trainer(cfg, callback, inject_failure).fit()
     except Exception as e:  # Ray wraps the worker's error; its message carries the worker traceback

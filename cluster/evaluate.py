@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from cluster.loop import evaluate, loader_settings
+from cluster.progress import bar
 from cluster.recipe import TrainConfig
 from cluster.report import ReportError, RunSettings, load_model_state, trained_model
 from cluster.run_files import checkpoint_dirs
@@ -68,7 +69,8 @@ def test_only(args):
     loader = make_loader(data, "val", max(1, cfg.batch_size // 10), train=False, ten_crop=True,
                          **loader_settings(dataclasses.replace(cfg, threads=threads), 0, 1, device))
     try:
-        top1, top5, n = evaluate(model.to(device), loader, device, amp=cfg.amp, ten_crop=True)
+        top1, top5, n = evaluate(model.to(device), loader, device, amp=cfg.amp, ten_crop=True,
+                                 progress=lambda it: bar(it, len(it), "10-crop evaluation"))
     finally:
         loader.close()
     print(f"{run_dir.name}: 10-crop val top-1 error {top1:.4f}, top-5 error {top5:.4f} ({n} images, checkpoint "

@@ -77,6 +77,10 @@ def main(argv=None):
     if dali_missing():
         print(f"error: {dali_missing()}", file=sys.stderr)
         return 2
+    from cluster.job_paths import relative_path_error
+    if relative_path_error(args.output_dir, args.storage):  # a `ray job submit` job: its cwd is deleted after
+        print(f"error: {relative_path_error(args.output_dir, args.storage)}", file=sys.stderr)
+        return 2
     if args.test_only:
         from cluster.evaluate import test_only
         return test_only(args)
@@ -95,6 +99,9 @@ def main(argv=None):
         # Ray passes the variable on from the driver to the controller and the workers.
         os.environ.setdefault("RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING", "0")
         import ray
+
+        from cluster import ray_noise
+        ray_noise.before_init(local_cluster=not cfg.address)  # Ray's lines that read as failures: cluster/ray_noise.py
         if cfg.address:
             try:
                 ray.init(address=cfg.address, logging_level="WARNING")
@@ -111,6 +118,7 @@ def main(argv=None):
             # address="local": a new cluster even when one is already running on this machine (a bare ray.init()
             # joins that one, with its owner's resources and settings).
             ray.init(address="local", dashboard_host="127.0.0.1", logging_level="WARNING", _node_ip_address="127.0.0.1")
+        ray_noise.after_init(ray, cfg.address)
         try:
             cfg = plan_resources(cfg, ray.cluster_resources())
             print(describe(cfg), flush=True)
@@ -121,6 +129,7 @@ def main(argv=None):
             return fit(cfg, inject_failure)
         finally:
             ray.shutdown()
+            ray_noise.restore()
     except (LaunchError, mf.ManifestError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

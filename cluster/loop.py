@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from cluster.chance import ChanceLevel
 from cluster.recipe import MAX_LR_DECAYS
 
 
@@ -25,8 +26,10 @@ class LrSchedule:
 
     plateau: torch's ReduceLROnPlateau rule (mode min, relative threshold 1e-4): `patience` epochs in a row without
     improvement are allowed and the next one divides the rate by 10 (patience 2: the third), at most MAX_LR_DECAYS
-    times, never counted during a ramp. step: a decay every `step_size` epochs. milestones: a decay after each epoch
-    count in `milestones`, as torch's MultiStepLR (the ablation's schedule: experiments/ablation/).
+    times, never counted during a ramp, nor before the error first leaves chance (cluster/chance.py; known when
+    num_classes is set and end_epoch is told the validation set's size). step: a decay every `step_size` epochs.
+    milestones: a decay after each epoch count in `milestones`, as torch's MultiStepLR (the ablation's schedule:
+    experiments/ablation/).
 
     warmup_steps: the run's first steps (counted from epoch 0 with steps_per_epoch, which the caller sets) are scaled
     by (step + 1) / warmup_steps, on top of the above: the paper preset's start (benchmarks/init_check.py).
@@ -46,12 +49,16 @@ class LrSchedule:
     ramp_start: int = 0  # its first epoch
     ramp_epochs: int | None = None  # its length (None: warmup_epochs)
     peak: float | None = None  # the peak the run last trained at (None: not started)
+    num_classes: int = 0  # for the chance rule (0: every epoch counts, torch's rule as it is)
+    left_chance: bool = False  # a validation error has been below chance by more than its noise
+    epochs_at_chance: int = 0  # epochs past the ramp with the error still at chance
 
     @classmethod
     def from_config(cls, cfg, steps_per_epoch):
         """The schedule a run's recipe (a cluster.recipe.TrainConfig) declares."""
         return cls(cfg.base_lr, cfg.warmup_epochs, cfg.lr_schedule, cfg.lr_patience, cfg.lr_step_size,
-                   tuple(cfg.lr_milestones), warmup_steps=cfg.warmup_steps, steps_per_epoch=steps_per_epoch)
+                   tuple(cfg.lr_milestones), warmup_steps=cfg.warmup_steps, steps_per_epoch=steps_per_epoch,
+                   num_classes=cfg.num_classes)
 
     def __post_init__(self):
         if self.ramp_from is None:
@@ -101,9 +108,17 @@ class LrSchedule:
         self.ramp_start, self.ramp_epochs = epoch, 0  # any ramp ends here
         return f"peak lr {old:g} -> {peak:g} (another world size): the rate goes from {now:.3g} to {target:.3g}"
 
-    def end_epoch(self, epoch, val_error):
-        """Record epoch `epoch`'s validation error; returns True when the rate was just divided by 10."""
-        if self.schedule != "plateau" or epoch + 1 <= self._ramp_end():
+    def end_epoch(self, epoch, val_error, val_images=0):
+        """Record epoch `epoch`'s validation error (on `val_images` images); returns True when the rate was just
+        divided by 10."""
+        if epoch + 1 <= self._ramp_end():
+            return False
+        if self.num_classes and val_images and not self.left_chance:
+            self.left_chance = ChanceLevel(self.num_classes, val_images).left(val_error)
+            if not self.left_chance:  # never improved: not a plateau, and no decay is spent on it
+                self.epochs_at_chance += 1
+                return False
+        if self.schedule != "plateau":
             return False
         if val_error < self.best * (1 - 1e-4):
             self.best, self.bad_epochs = val_error, 0
@@ -114,13 +129,15 @@ class LrSchedule:
             return True
         return False
 
-    STATE = ("decays", "best", "bad_epochs", "ramp_from", "ramp_start", "ramp_epochs", "peak")
+    STATE = ("decays", "best", "bad_epochs", "ramp_from", "ramp_start", "ramp_epochs", "peak", "left_chance",
+             "epochs_at_chance")
 
     def state_dict(self):
         return {k: getattr(self, k) for k in self.STATE}
 
     def load_state_dict(self, state):
-        # a checkpoint from before the ramp was stored keeps the first warmup and no peak (no re-warm)
+        # a checkpoint from before the ramp was stored keeps the first warmup and no peak (no re-warm); one from
+        # before the chance rule starts it afresh (a run that learns leaves chance at its next epoch)
         for k in self.STATE:
             if k in state:
                 setattr(self, k, state[k])
@@ -202,14 +219,15 @@ def train_one_epoch(model, opt, loader, *, epoch, schedule, peak_lr, device, amp
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, *, amp=False, ten_crop=False):
+def evaluate(model, loader, device, *, amp=False, ten_crop=False, progress=None):
     """(top-1 error, top-5 error, images) over this rank's shard, summed over ranks: every image counted once.
-    With ten_crop the loader yields (N, 10, 3, H, W) and the softmax of the ten patches is averaged (the paper)."""
+    With ten_crop the loader yields (N, 10, 3, H, W) and the softmax of the ten patches is averaged (the paper).
+    progress: wraps the loader to show how far it is (cluster/progress.py)."""
     model.eval()
     top1 = torch.zeros((), dtype=torch.int64, device=device)  # on the device: no per-batch sync
     top5 = torch.zeros((), dtype=torch.int64, device=device)
     count = 0
-    for images, labels, _ in loader:
+    for images, labels, _ in (progress(loader) if progress else loader):
         n, labels = images.shape[0], labels.to(device)
         images = images.to(device).flatten(0, 1) if ten_crop else images.to(device)
         if device.type == "cuda":

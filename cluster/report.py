@@ -143,7 +143,7 @@ def write_all(run_dir, summary_fields, checkpoint, config=None, *, train_subset=
     paths = _paths(run_dir)
     paths["summary"].write_text(json.dumps(summary, indent=1) + "\n")
     if history:
-        plot_learning_curves(history, paths["curves"])
+        plot_learning_curves(history, paths["curves"], settings.num_classes)
     if model_state is None:
         model_state = load_model_state(checkpoint, run_dir)
     plot_conv1(model_state["conv1.weight"].float().numpy(), paths["kernels"])

@@ -18,8 +18,10 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from cluster.build_model import build_model
+from cluster.chance import STUCK_AFTER_EPOCHS, ChanceLevel, stuck_message
 from cluster.grad_compression import register as register_compression
 from cluster.loop import LrSchedule, evaluate, loader_settings, make_optimizer, train_one_epoch, training_augmentation
+from cluster.progress import timed_lines
 from cluster.recipe import DEFAULT_WARMUP_EPOCHS
 from cluster.run_files import CHECKPOINT_FILE
 from model import compile_for_speed
@@ -121,21 +123,25 @@ def train_loop_per_worker(loop_config):
                                   device=device, amp=cfg.amp, replicas=world, log=log, print_freq=cfg.print_freq,
                                   epochs=cfg.epochs, before_step=before_step)
         lr = opt.param_groups[0]["lr"]
-        top1, top5, n = evaluate(model, val_loader, device, amp=cfg.amp)
-        schedule.end_epoch(epoch, top1)
+        top1, top5, n = evaluate(model, val_loader, device, amp=cfg.amp, progress=(
+            lambda it, e=epoch + 1: timed_lines(it, len(it), f"epoch {e} validation", log)) if log else None)
+        schedule.end_epoch(epoch, top1, n)
         metrics.update(epoch=epoch + 1, val_top1_error=top1, val_top5_error=top5, val_images=n, lr=lr,
                        replicas=world, global_batch_size=global_batch)
         if epoch + 1 == cfg.epochs:  # the paper's ten patches, once, carried by the last checkpointed report
             ten_loader = make_loader(cfg.data, "val", max(1, cfg.batch_size // 10), train=False, ten_crop=True,
                                      **loader_kw)
+            progress = (lambda it: timed_lines(it, len(it), "final 10-crop evaluation", log)) if log else None
             metrics["val_top1_error_10crop"], metrics["val_top5_error_10crop"], _ = evaluate(
-                model, ten_loader, device, amp=cfg.amp, ten_crop=True)
+                model, ten_loader, device, amp=cfg.amp, ten_crop=True, progress=progress)
             ten_loader.close()
             train_loader.close()  # it already built a next epoch that will not come: free it before the report
         if log:
             log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {metrics['train_loss']:.4f}, val top-1 error "
                 f"{top1:.4f}, top-5 error {top5:.4f} ({n} images), {metrics['images_per_second']:.1f} img/s, "
                 f"{world} replica(s)")
+        if log and not schedule.left_chance and schedule.epochs_at_chance == STUCK_AFTER_EPOCHS:
+            log(stuck_message(STUCK_AFTER_EPOCHS, top1, ChanceLevel(cfg.num_classes, n), cfg.preset))
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:

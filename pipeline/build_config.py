@@ -33,6 +33,7 @@ class BuildConfig:
     jobs: int = dataclasses.field(default_factory=multiprocessing.cpu_count)
     seed: int = 0
     quality: int = 90
+    max_upscale: float = 0.0  # skip images that --size would enlarge more than this many times (0: none skipped)
     demo_set: str | None = None
     demo_train_per_class: int | None = None
     demo_val_per_class: int | None = None
@@ -69,6 +70,9 @@ class BuildConfig:
             c.demo_train_per_class = c.demo_val_per_class = None
         if c.jobs < 1 or not 1 <= c.quality <= 100 or c.size < 0:
             raise BuildError("-j/--jobs must be >= 1, --quality 1..100 and --size >= 0.")
+        if c.max_upscale and c.max_upscale < 1:
+            raise BuildError(f"--max-upscale {c.max_upscale:g}: give a factor >= 1 (e.g. 2: skip images whose "
+                             "shorter side is under half of --size), or 0 to keep every image.")
         parse_shard_size(c.shard_size)
         return c
 
@@ -91,5 +95,5 @@ def settings_of(cfg):
     return {"src": real(cfg.src), "val_labels": real(cfg.val_labels),
             "train_tar": real(cfg.train_tar), "val_tar": real(cfg.val_tar), "devkit": real(cfg.devkit),
             "size": cfg.size, "center_crop": cfg.center_crop, "shard_size": str(cfg.shard_size),
-            "seed": cfg.seed, "quality": cfg.quality, "demo_set": cfg.demo_set,
+            "seed": cfg.seed, "quality": cfg.quality, "max_upscale": cfg.max_upscale, "demo_set": cfg.demo_set,
             "demo_train_per_class": cfg.demo_train_per_class, "demo_val_per_class": cfg.demo_val_per_class}

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from pipeline import archives, object_store, sources
 from pipeline import manifest as mf
 from pipeline.build_config import DEMO_PER_CLASS, BuildConfig, BuildError, parse_shard_size, settings_of
+from pipeline.build_summary import print_summary, strict_stop, upscale_summary
 from pipeline.images import BadImage, prepare
 from pipeline.shard_writer import ShardWriter
 from pipeline.stats import RGBStats, pixel_sums
@@ -86,6 +87,10 @@ def get_args_parser():
                    help=f"shuffle seed, and the demo set's seed (default: {d.seed})")
     g.add_argument("--quality", type=int, default=d.quality,
                    help=f"JPEG quality of re-encoded images (default: {d.quality})")
+    g.add_argument("--max-upscale", type=float, default=d.max_upscale, metavar="FACTOR",
+                   help="skip (and list) images whose shorter side --size would enlarge more than FACTOR times, "
+                        "e.g. 2; enlarged images are counted in the summary and manifest.json either way "
+                        "(default: 0, keep them all)")
     g = p.add_argument_group("running")
     g.add_argument("-j", "--jobs", type=int, default=d.jobs,
                    help=f"decode/encode processes (default: {d.jobs}, the CPU count)")
@@ -98,18 +103,19 @@ def get_args_parser():
     return p
 
 
-def _process(task, *, size, crop, quality, num_classes, seed):
-    """In a worker process: (pos, name, label) -> (pos, jpeg or None, reason, pixel sums for the statistics)."""
+def _process(task, *, size, crop, quality, max_upscale, num_classes, seed):
+    """In a worker process: (pos, name, label) -> (pos, jpeg or None, reason, pixel sums for the statistics,
+    upscale factor)."""
     pos, name, label = task
     try:
         data = archives.read_member(name) if archives.is_member(name) else \
             sources.read_input(name, label, num_classes, seed)
-        jpeg, pixels = prepare(data, size=size, crop=crop, quality=quality)
-        return pos, jpeg, None, pixel_sums(pixels)
+        done = prepare(data, size=size, crop=crop, quality=quality, max_upscale=max_upscale)
+        return pos, done.jpeg, None, pixel_sums(done.pixels), done.upscale
     except BadImage as e:
-        return pos, None, str(e), None
+        return pos, None, str(e), None, 1.0
     except OSError as e:
-        return pos, None, f"cannot read: {e.strerror or e}", None
+        return pos, None, f"cannot read: {e.strerror or e}", None, 1.0
 
 
 def _new_manifest(source, cfg):
@@ -118,7 +124,8 @@ def _new_manifest(source, cfg):
     return {"format": mf.FORMAT, "version": mf.VERSION, "complete": False,
             "classes": source["classes"], "names": source["names"], "members": mf.MEMBER_DOCS,
             "splits": {s: {"num_samples": 0, "shards": []} for s in SPLITS}, "skipped": skipped,
-            "stats": None, "progress": {"stats": RGBStats().state()},
+            "stats": None, "progress": {"stats": RGBStats().state(),
+                                        "inputs": {s: len(source["splits"][s]) for s in SPLITS}},
             "build": {**settings_of(cfg), "versions": {"python": platform.python_version(),
                                                        "pillow": PIL.__version__, "numpy": np.__version__}}}
 
@@ -127,6 +134,7 @@ def _settings_differ(cfg, old, where):
     theirs = {k: v for k, v in old["build"].items() if k != "versions"}
     if "demo_set" not in theirs:  # built before there was a choice: the colours set
         theirs["demo_set"] = None if theirs.get("src") else "colours"
+    theirs.setdefault("max_upscale", 0.0)  # built before the flag: every image kept
     ours = settings_of(cfg)
     diff = [k for k, v in ours.items() if theirs.get(k) != v]
     if diff:
@@ -161,42 +169,51 @@ def build_split(cfg, out, man, split, inputs, pool, unit, limit):
     order = np.random.default_rng(cfg.seed).permutation(len(inputs))  # the global shuffle
     tasks = ((pos, *inputs[order[pos]]) for pos in range(done, len(inputs)))
     work = functools.partial(_process, size=cfg.size, crop=cfg.center_crop, quality=cfg.quality,
-                             num_classes=len(man["classes"]), seed=cfg.seed)
+                             max_upscale=cfg.max_upscale, num_classes=len(man["classes"]), seed=cfg.seed)
     results = pool.imap(work, tasks, chunksize=8) if pool else map(work, tasks)
-    writer, first = None, done
+    writer, first, upscaled = None, done, []
     bar = tqdm(total=len(inputs), initial=done, unit="img", desc=f"{split:5s}", mininterval=1.0, file=sys.stderr)
 
     def close_shard(end):
         nonlocal writer
         info = writer.close()
         info["inputs"] = [first, end]
+        # per shard, so that a resumed build counts exactly the shards it keeps
+        info["upscaled"] = {"images": len(upscaled), "max_factor": round(max(upscaled, default=1.0), 3)}
+        upscaled.clear()
         entry["shards"].append(info)
         entry["num_samples"] = next_idx
         man["progress"]["stats"] = stats.state()
         mf.write(out, man)  # after every shard: a kill loses at most the shard being written
         writer = None
 
-    for pos, jpeg, reason, sums in results:
-        bar.update(1)
-        if jpeg is None:
-            name = inputs[order[pos]][0]
-            name = archives.display(name) if archives.is_member(name) else name
-            if cfg.strict:
-                raise BuildError(f"{name}: {reason} (--strict: stopping; fix or remove the file)")
-            man["skipped"].append({"split": split, "pos": pos, "path": name, "reason": reason})
-            continue
-        if writer is None:
-            first = pos
-            writer = ShardWriter(out / split / f"{split}-{len(entry['shards']):06d}.tar")
-        writer.add(next_idx, inputs[order[pos]][1], jpeg)
-        next_idx += 1
-        if split == "train":
-            stats.add_sums(*sums)
-        if (writer.num_samples if unit == "samples" else writer.bytes_written) >= limit:
-            close_shard(pos + 1)
-    if writer is not None:
-        close_shard(len(inputs))
-    bar.close()
+    try:
+        for pos, jpeg, reason, sums, upscale in results:
+            bar.update(1)
+            if jpeg is None:
+                name = inputs[order[pos]][0]
+                name = archives.display(name) if archives.is_member(name) else name
+                if cfg.strict:
+                    raise BuildError(strict_stop(name, reason, out, len(entry["shards"]), split))
+                man["skipped"].append({"split": split, "pos": pos, "path": name, "reason": reason})
+                continue
+            if writer is None:
+                first = pos
+                writer = ShardWriter(out / split / f"{split}-{len(entry['shards']):06d}.tar")
+            writer.add(next_idx, inputs[order[pos]][1], jpeg)
+            next_idx += 1
+            if upscale > 1.0:
+                upscaled.append(upscale)
+            if split == "train":
+                stats.add_sums(*sums)
+            if (writer.num_samples if unit == "samples" else writer.bytes_written) >= limit:
+                close_shard(pos + 1)
+        if writer is not None:
+            close_shard(len(inputs))
+    finally:  # stopped (--strict, Ctrl-C, an error): the unfinished shard goes, the manifest keeps the finished ones
+        if writer is not None:
+            writer.abort()
+        bar.close()  # before any message: an error printed after it gets a line of its own
 
 
 def _source(cfg, pool):
@@ -225,11 +242,18 @@ def build_local(cfg, out):
         if old and old["classes"] != source["classes"]:
             raise BuildError(f"--out {out}: the unfinished build has other classes than the source now has. "
                              "Delete it to start over.")
+        counted = (old or {}).get("progress", {}).get("inputs")
+        now = {s: len(source["splits"][s]) for s in SPLITS}
+        if counted and counted != now:  # the global shuffle is a function of the input list: it would differ
+            raise BuildError(f"--out {out}: the unfinished build had {counted} inputs and the source now has {now} "
+                             "(a file added or removed). A resumed build must see the same files: put them back, "
+                             "or delete the folder to start over.")
         man = old or _new_manifest(source, cfg)
         for split in SPLITS:
             (out / split).mkdir(parents=True, exist_ok=True)
             for tmp in (out / split).glob("*.tmp"):  # what a killed build was writing: never part of the manifest
                 tmp.unlink()
+        mf.write(out, man)  # from the start: a build stopped before its first shard is resumed, not refused
         what = cfg.train_tar.parent if cfg.from_archives else cfg.src or f"embedded {cfg.demo_set} set"
         print(f"building {what} -> {out}: " + ", ".join(f"{s} {len(source['splits'][s])} inputs" for s in SPLITS)
               + f", {len(man['classes'])} classes")
@@ -241,18 +265,12 @@ def build_local(cfg, out):
         if pool:
             pool.terminate()
     man["stats"] = RGBStats.from_state(man["progress"]["stats"]).summary()
+    man["upscaled"] = upscale_summary(man, cfg.size)
     del man["progress"]
     man["complete"] = True
     mf.write(out, man)
-    made = sum(s["num_samples"] for s in man["splits"].values()) - seen
-    secs = time.time() - start
-    print(f"done in {secs:.1f}s ({made / max(secs, 1e-9):.0f} img/s): "
-          + ", ".join(f"{s} {man['splits'][s]['num_samples']} samples in {len(man['splits'][s]['shards'])} shards"
-                      for s in SPLITS) + f"; {len(man['skipped'])} inputs skipped")
-    for s in man["skipped"][:10]:
-        print(f"  skipped {s['path']}: {s['reason']}")
-    if len(man["skipped"]) > 10:
-        print(f"  ... and {len(man['skipped']) - 10} more, listed in {mf.manifest_path(out)}")
+    print_summary(man, made=sum(s["num_samples"] for s in man["splits"].values()) - seen, secs=time.time() - start,
+                  size=cfg.size, out=out)
     return man
 
 

@@ -3,6 +3,7 @@ both decode. DALI cannot skip a bad sample at train time, so every image is deco
 decode is reported (never written)."""
 import contextlib
 import io
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageFile
@@ -15,6 +16,13 @@ STATS_PIXELS = 512  # pixels sampled per image for the dataset's mean/std/PCA
 
 class BadImage(Exception):
     """The input cannot become a sample; the message is the reason recorded in the manifest."""
+
+
+class Prepared(NamedTuple):
+    """One input made ready for a shard."""
+    jpeg: bytes  # baseline RGB JPEG
+    pixels: np.ndarray  # (STATS_PIXELS, 3) uint8 sample for the dataset's statistics
+    upscale: float  # how much the shorter side was enlarged to reach --size (1.0: not enlarged)
 
 
 @contextlib.contextmanager
@@ -80,11 +88,12 @@ def center_crop(img, size):
     return img.crop((left, top, left + size, top + size))
 
 
-def prepare(data, *, size=256, crop=False, quality=90):
-    """Raw file bytes -> (baseline RGB JPEG bytes, (STATS_PIXELS, 3) uint8 pixel sample).
+def prepare(data, *, size=256, crop=False, quality=90, max_upscale=0.0):
+    """Raw file bytes -> Prepared (baseline RGB JPEG bytes, pixel sample, upscale factor).
 
     size > 0 resizes the shorter side to `size` (the paper's 256); size == 0 keeps a baseline RGB JPEG's original
-    bytes and re-encodes only what must be. Raises BadImage with the reason.
+    bytes and re-encodes only what must be. max_upscale > 0 refuses an image whose shorter side would have to be
+    enlarged more than that many times. Raises BadImage with the reason.
     """
     if not data:
         raise BadImage("empty file")
@@ -94,6 +103,10 @@ def prepare(data, *, size=256, crop=False, quality=90):
             if img.width * img.height > MAX_PIXELS:
                 raise BadImage(f"too large to decode safely ({img.width}x{img.height} px, limit {MAX_PIXELS} px)")
             fmt = img.format
+            upscale = max(1.0, size / max(1, min(img.size))) if size else 1.0
+            if max_upscale and upscale > max_upscale:
+                raise BadImage(f"too small: {img.width}x{img.height} px would be enlarged {upscale:.2f}x to reach "
+                               f"{size} on the shorter side (--max-upscale {max_upscale:g})")
             if size and fmt == "JPEG":
                 img.draft("RGB", (size, size))  # decode at 1/2, 1/4 or 1/8 scale when still >= size: fast, low memory
             keep_original = size == 0 and not crop and _is_baseline_rgb_jpeg(img)
@@ -119,7 +132,7 @@ def prepare(data, *, size=256, crop=False, quality=90):
         buf = io.BytesIO()
         rgb.save(buf, "JPEG", quality=quality, optimize=False, progressive=False)
         out = buf.getvalue()
-    return out, sample_pixels(rgb)
+    return Prepared(out, sample_pixels(rgb), upscale)
 
 
 def sample_pixels(img):

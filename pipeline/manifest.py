@@ -4,9 +4,12 @@
   "format": "alexnet-webdataset", "version": 1, "complete": true,
   "classes": [wnid, ...], "names": [str, ...] | null,
   "members": {"jpg": ..., "cls": ..., ...}                  what each tar member holds (shard_writer.MEMBERS)
-  "splits": {"train": {"num_samples": N, "shards": [{"tar", "idx", "num_samples", "bytes", "sha256", "inputs"}]},
+  "splits": {"train": {"num_samples": N, "shards": [{"tar", "idx", "num_samples", "bytes", "sha256", "inputs",
+                                                      "upscaled"}]},
              "val": {...}},                                 inputs = [first, end) positions in the shuffled input list
+                                                            upscaled = {"images", "max_factor"} enlarged to --size
   "skipped": [{"split", "path", "reason"}],
+  "upscaled": {"size": --size, "train": {"images": N, "max_factor": F}, "val": {...}}   the shards' counts summed
   "stats": {"scale": "0-255", "mean": [3], "std": [3], "eigval": [3], "eigvec": [[3]x3] (columns)},
   "build": {build settings, "versions": {...}}
 }

@@ -37,7 +37,8 @@ def train_classes(src):
 
 
 def read_val_labels(path):
-    """{file stem: wnid} from Kaggle's LOC_val_solution.csv or from plain 'filename wnid' lines."""
+    """{file stem: (wnid, line number)} from Kaggle's LOC_val_solution.csv or from plain 'filename wnid' lines; the
+    line number names the row in messages."""
     path = Path(path)
     if not path.is_file():
         raise SourceError(f"--val-labels {path}: file not found.")
@@ -46,8 +47,8 @@ def read_val_labels(path):
         first = f.readline()
         f.seek(0)
         if first.startswith("ImageId"):
-            for row in csv.DictReader(f):
-                labels[Path(row["ImageId"]).stem] = row["PredictionString"].split()[0]
+            for n, row in enumerate(csv.DictReader(f), 2):  # line 1 is the header
+                labels[Path(row["ImageId"]).stem] = (row["PredictionString"].split()[0], n)
         else:
             for n, line in enumerate(f, 1):
                 parts = line.replace(",", " ").split()
@@ -55,7 +56,7 @@ def read_val_labels(path):
                     continue
                 if len(parts) < 2:
                     raise SourceError(f"--val-labels {path}, line {n}: expected 'filename wnid', got {line.strip()!r}")
-                labels[Path(parts[0]).stem] = parts[1]
+                labels[Path(parts[0]).stem] = (parts[1], n)
     return labels
 
 
@@ -87,10 +88,14 @@ def val_inputs(src, classes, val_labels=None, labels_dir=None):
     if missing:
         raise SourceError(f"{len(missing)} val file(s) have no label in {val_labels}: {', '.join(missing[:5])}"
                           f"{' ...' if len(missing) > 5 else ''}. Fix the labels file or remove the files.")
-    bad = sorted({labels[f.stem] for f in files if labels[f.stem] not in index})
+    bad = sorted((labels[f.stem][1], labels[f.stem][0], f.name) for f in files if labels[f.stem][0] not in index)
     if bad:
-        raise SourceError(f"{val_labels} names classes that are not in train/: {', '.join(bad[:5])}.")
-    return [(str(f), index[labels[f.stem]]) for f in files]
+        rows = "; ".join(f"line {n}: {wnid} (val/{name})" for n, wnid, name in bad[:5])
+        more = f" and {len(bad) - 5} more row(s)" if len(bad) > 5 else ""
+        raise SourceError(f"{val_labels} labels {len(bad)} image(s) with a class that is not a folder of train/: "
+                          f"{rows}{more}. Class indices come from train/: fix those rows, add the class to train/, "
+                          "or remove the images from val/.")
+    return [(str(f), index[labels[f.stem][0]]) for f in files]
 
 
 def class_names(src, classes):
