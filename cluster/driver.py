@@ -11,8 +11,9 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from cluster import report
 from cluster.outputs import RunOutputs, mark_lost_nodes
-from cluster.run_files import CHECKPOINTS_KEPT, EVENTS_FILE, METRICS_FILE, read_jsonl
+from cluster.run_files import CHECKPOINTS_KEPT, EVENTS_FILE, METRICS_FILE, SHARDS_FILE, read_jsonl
 from cluster.worker import train_loop_per_worker
+from pipeline import shard_watch
 
 
 def make_trainer(cfg, callback, inject_failure=None):
@@ -52,13 +53,18 @@ def fit(cfg, inject_failure=None):
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir)
+    shard_watch.record(run_dir / SHARDS_FILE, cfg.data)  # what --resume checks the shards against
     settings = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items())
     print(textwrap.fill(f"config ({run_dir / 'config.json'}): {settings}", width=120, subsequent_indent="  "))
     callback = RunOutputs(run_dir)
     storage = cfg.storage if cfg.storage != cfg.output_dir else "the run folder"
     print(f"training {cfg.workers} replica(s) on {cfg.data} -> {run_dir} (checkpoints: {storage})", flush=True)
     try:
-        result = make_trainer(cfg, callback, inject_failure).fit()
+        trainer = make_trainer(cfg, callback, inject_failure)
+        # Ray's fit() puts its own SIGINT handler in place of the launcher's (it aborts the run and exits 1, saying
+        # nothing): keep the launcher's one policy for SIGINT and SIGTERM (cluster/stopping.py)
+        trainer._register_sigint_handler = lambda controller: None
+        result = trainer.fit()
     except Exception as e:  # Ray wraps the worker's error; its message carries the worker traceback
         print(f"error: training failed: {e}", file=sys.stderr)
         return 1

@@ -23,9 +23,12 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from cluster import checkpoints, stopping  # noqa: E402
 from cluster.recipe import PRESETS, describe  # noqa: E402
 from cluster.resolve import LaunchError, new_config, plan_resources, resumed_config  # noqa: E402
+from cluster.run_files import SHARDS_FILE  # noqa: E402
 from pipeline import manifest as mf  # noqa: E402
+from pipeline import shard_watch  # noqa: E402
 
 DEFAULT_DATA = Path("data/shards")
 
@@ -169,6 +172,15 @@ def dali_missing():
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = get_args_parser().parse_args(argv)
+    before = stopping.install()  # SIGTERM and Ctrl-C: one policy (cluster/stopping.py)
+    try:
+        return _main(args, argv)
+    finally:
+        stopping.restore(before)
+
+
+def _main(args, argv):
+    cfg = None
     if dali_missing():
         print(f"error: {dali_missing()}", file=sys.stderr)
         return 2
@@ -179,6 +191,8 @@ def main(argv=None):
     try:
         if args.resume:
             cfg = resumed_config(args, explicit_flags(argv))
+            print(checkpoints.resume_point(cfg.storage, cfg.name), flush=True)
+            shard_watch.check_build(cfg.data, shard_watch.recorded(cfg.run_dir / SHARDS_FILE), "since the run started")
         else:
             if (args.output_dir / args.name).exists():
                 raise LaunchError(f"{(args.output_dir / args.name).resolve()} already exists: pass --resume to "
@@ -216,9 +230,11 @@ def main(argv=None):
             return fit(cfg, inject_failure)
         finally:
             ray.shutdown()
-    except (LaunchError, mf.ManifestError) as e:
+    except (LaunchError, mf.ManifestError, checkpoints.CheckpointError, shard_watch.ShardsChanged) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except stopping.Stopped as stop:
+        return stopping.report(cfg, stop)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,88 @@
+"""What the launcher does on SIGTERM (a preemption notice: spot VMs, Kubernetes' pod deletion with its 30 s grace)
+and on Ctrl-C (SIGINT): one policy for both. The run stops at once, Ray's workers with it; the newest registered
+checkpoint stands as the run's last one (an upload cut short is never registered, cluster/checkpoints.py), the
+launcher says where the run stopped and the exact command that resumes it, records the stop in events.jsonl, and
+exits with 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM), as shells and Kubernetes read it.
+
+Work lost is the epoch under way: checkpoints are written at the end of each epoch, and a resumed run starts the
+next epoch after its checkpoint's, with the data order an uninterrupted run would have had at the same replica count
+(the loader's order is a function of seed, epoch, rank and replica count).
+"""
+import json
+import shlex
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from cluster import checkpoints
+from cluster.run_files import EVENTS_FILE, METRICS_FILE, read_jsonl
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Stopped(BaseException):
+    """Raised in the launcher's main thread by a stop signal; a BaseException, so no `except Exception` on the way
+    (Ray's, the driver's) takes it for a training error."""
+
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self):
+        return 128 + self.signum
+
+
+def _raise(signum, frame):
+    for s in SIGNALS:  # a second signal while stopping ends the process the default way
+        signal.signal(s, signal.SIG_DFL)
+    raise Stopped(signum)
+
+
+def install():
+    """Route SIGINT and SIGTERM to Stopped; returns the handlers they had, for restore()."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        return {}
+    before = {s: signal.getsignal(s) for s in SIGNALS}
+    for s in SIGNALS:
+        signal.signal(s, _raise)
+    return before
+
+
+def restore(before):
+    for s, handler in before.items():
+        signal.signal(s, handler)
+
+
+def resume_command(cfg):
+    return shlex.join([sys.executable, "cluster/launch.py", "--output-dir", str(cfg.output_dir), "--name", cfg.name,
+                       "--resume"])
+
+
+def report(cfg, stop):
+    """Say where the run stopped and how to resume it, and append a "stopped" event to events.jsonl; returns the
+    exit code. cfg None: stopped before the run had settings (nothing to resume)."""
+    name = signal.Signals(stop.signum).name
+    if cfg is None:
+        print(f"stopped by {name} before training started; nothing to resume.", file=sys.stderr)
+        return stop.exit_code
+    run_dir = Path(cfg.run_dir)
+    done = read_jsonl(run_dir / METRICS_FILE)
+    epochs = done[-1]["epoch"] if done else 0
+    try:
+        registered = checkpoints.listed(cfg.storage, cfg.name)
+    except OSError as e:  # the store may be what failed
+        registered, where = [], f"the checkpoints in {cfg.storage} could not be listed ({e})"
+    else:
+        where = (f"its latest checkpoint is {registered[-1].where}" if registered else
+                 "it had written no checkpoint yet, so a resumed run starts from the beginning")
+    print(f"stopped by {name} after {epochs} of {cfg.epochs} epoch(s); {where}. The epoch under way is lost and will "
+        f"be redone. Resume with:\n  {resume_command(cfg)}", file=sys.stderr)
+    if run_dir.is_dir():
+        event = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "event": "stopped", "signal": name,
+                 "epochs_done": epochs, "checkpoint": registered[-1].where if registered else None}
+        with open(run_dir / EVENTS_FILE, "a") as f:
+            f.write(json.dumps(event) + "\n")
+    return stop.exit_code

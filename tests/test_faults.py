@@ -1,0 +1,300 @@
+"""Faults a long run meets, each injected for real without a Ray cluster: a damaged checkpoint (flipped byte,
+truncation), a store that stops answering mid-upload (moto's S3 server paused with SIGSTOP), a full filesystem (a
+small tmpfs), shards rewritten or removed under a run, a stop signal, and a loader over 1,000 shards. The Ray runs
+are in tests/test_faults_run.py."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+import torch
+
+from cluster import checkpoints, stopping
+from cluster.run_files import DIGEST_FILE, SNAPSHOT_FILE, checkpoint_dirs
+from pipeline import manifest as mf
+from pipeline import shard_watch
+from pipeline.loader import make_loader
+
+
+def small_state(epoch, n=50_000):
+    return {"model": {"w": torch.randn(n, dtype=torch.float64)}, "epoch": epoch}
+
+
+def ray_snapshot(run, dir_names):
+    """A checkpoint_manager_snapshot.json written by Ray 2.60's own model of it, as its checkpoint manager does."""
+    from ray.train.v2._internal.execution.checkpoint.checkpoint_manager import (
+        _CheckpointManagerState,
+        _TrainingResultState,
+    )
+    results = [_TrainingResultState(checkpoint_dir_name=d, metrics={"epoch": i + 1}) for i, d in enumerate(dir_names)]
+    state = _CheckpointManagerState(checkpoint_results=results, checkpoint_report_indices=list(range(len(results))),
+                                    latest_checkpoint_result=results[-1], pending_training_results=[],
+                                    pending_validation_specs=[], current_report_index=len(results),
+                                    validated_checkpoint_dir_names=[], timed_out_validation_checkpoint_dir_names=[],
+                                    failed_validation_checkpoint_dir_names=[])
+    (run / SNAPSHOT_FILE).write_text(state.json())
+
+
+def stored_run(tmp_path, epochs=2):
+    """--storage tmp_path/ckpt with run "r": `epochs` checkpoints with digests and Ray's snapshot listing them."""
+    run = tmp_path / "ckpt" / "r"
+    names = [f"checkpoint_2026-12-05_10-00-0{e}.000000" for e in range(epochs)]
+    for e, name in enumerate(names):
+        (run / name).mkdir(parents=True)
+        checkpoints.write(small_state(e), run / name)
+    ray_snapshot(run, names)
+    return tmp_path / "ckpt", [run / n for n in names]
+
+
+def flip_byte(path, at=0.5):
+    with open(path, "r+b") as f:
+        f.seek(int(os.path.getsize(path) * at))
+        b = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([b[0] ^ 0x01]))
+
+
+def test_the_listing_is_rays_snapshot_not_its_file(tmp_path):
+    storage, dirs = stored_run(tmp_path)
+    (dirs[0].parent / "checkpoint_2026-12-05_11-00-00.000000").mkdir()  # an upload cut short: never registered
+    listed = checkpoints.listed(storage, "r")
+    assert [e.where for e in listed] == [str(d) for d in dirs] and [e.epoch for e in listed] == [1, 2]
+    assert all(p.is_dir() for p in checkpoint_dirs(storage, "r"))  # the snapshot file is not a checkpoint
+    assert len(checkpoint_dirs(storage, "r")) == 3  # the disk-space count: every folder that takes room
+
+
+@pytest.mark.parametrize("damage, said", [
+    (lambda p: flip_byte(p), "sha256 differs from its digest"),
+    (lambda p: os.truncate(p, os.path.getsize(p) // 2), "truncated?"),
+    (lambda p: os.remove(p.parent / DIGEST_FILE), f"{DIGEST_FILE} is missing"),
+])
+def test_a_damaged_newest_checkpoint_is_passed_over_and_taken_out_of_rays_list(tmp_path, damage, said):
+    from ray.train.v2._internal.execution.checkpoint.checkpoint_manager import _CheckpointManagerState
+    storage, dirs = stored_run(tmp_path)
+    damage(dirs[1] / "checkpoint.pt")
+    assert said in checkpoints.problem_at(str(dirs[1]))
+    line = checkpoints.resume_point(storage, "r")
+    assert f"{dirs[1]}: " in line and said in line and f"continuing from {dirs[0]} (after epoch 1)" in line
+    state = _CheckpointManagerState.parse_raw((dirs[0].parent / SNAPSHOT_FILE).read_text())  # Ray still reads it
+    assert [r.checkpoint_dir_name for r in state.checkpoint_results] == [dirs[0].name]
+    assert state.latest_checkpoint_result.checkpoint_dir_name == dirs[0].name
+    assert checkpoints.load_state(str(dirs[0]))["epoch"] == 0  # the intact one loads; the damaged one stays put
+    assert dirs[1].is_dir()
+    with pytest.raises(checkpoints.CheckpointError, match="sha256 differs|truncated|is missing"):
+        checkpoints.load_state(str(dirs[1]))
+
+
+def test_no_intact_checkpoint_is_refused_by_name(tmp_path):
+    storage, dirs = stored_run(tmp_path)
+    for d in dirs:
+        flip_byte(d / "checkpoint.pt", at=0.9)
+    with pytest.raises(checkpoints.CheckpointError) as e:
+        checkpoints.resume_point(storage, "r")
+    assert all(str(d) in str(e.value) for d in dirs) and "Nothing was loaded" in str(e.value)
+    assert checkpoints.listed(storage, "r")[-1].where == str(dirs[1])  # Ray's list is left as it was
+
+
+def local_checkpoint(tmp_path, n):
+    import ray.train
+    folder = tmp_path / "local"
+    folder.mkdir()
+    checkpoints.write(small_state(5, n), folder)
+    return ray.train.Checkpoint.from_directory(str(folder))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_a_full_disk_is_named_with_the_room_needed_and_the_previous_checkpoint_stands(tmp_path, small_disk):
+    storage, dirs = stored_run(small_disk, epochs=1)  # 0.4 MB on an 8 MB filesystem
+    (small_disk / "filler").write_bytes(b"\0" * (6 << 20))  # what else shares the disk
+    upload = checkpoints.VerifiedUpload(str(storage), "r")
+    with pytest.raises(checkpoints.CheckpointError) as e:
+        upload(local_checkpoint(tmp_path, 500_000), "checkpoint_2026-12-05_10-00-09.000000")  # 4 MB
+    msg = str(e.value)
+    assert f"{storage}/r/checkpoint_2026-12-05_10-00-09.000000: no space left" in msg
+    assert "(4.0 MB needed, " in msg and "MB free there" in msg and "--resume" in msg
+    assert not (storage / "r" / "checkpoint_2026-12-05_10-00-09.000000").exists()  # the partial copy is gone
+    assert checkpoints.problem_at(str(dirs[0])) is None and checkpoints.listed(storage, "r")[-1].where == str(dirs[0])
+
+
+@pytest.fixture(scope="module")
+def moto():
+    from benchmarks.loader_s3 import moto_server
+    pytest.importorskip("moto.server")
+    server, url = moto_server()
+    yield server, url
+    os.kill(server.pid, signal.SIGCONT)
+    server.terminate()
+    server.wait(timeout=10)
+
+
+@pytest.fixture
+def s3(moto, monkeypatch):
+    import boto3
+    server, url = moto
+    for key, value in {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "AKIDTESTONLY0002",
+                       "AWS_SECRET_ACCESS_KEY": "test-only", "AWS_REGION": "us-east-1",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(checkpoints, "S3_TIMEOUTS_S", {"connect_timeout": 1.0, "request_timeout": 2.0})
+    client = boto3.client("s3")
+    if "ckpt" not in [b["Name"] for b in client.list_buckets()["Buckets"]]:
+        client.create_bucket(Bucket="ckpt")
+    return server, client
+
+
+def paused(server, seconds):
+    """SIGSTOP the store now, SIGCONT it after `seconds` (None: not in this test)."""
+    os.kill(server.pid, signal.SIGSTOP)
+    if seconds is not None:
+        threading.Timer(seconds, os.kill, (server.pid, signal.SIGCONT)).start()
+
+
+def test_a_store_that_stops_answering_mid_upload_is_retried_and_the_copy_verified(s3, tmp_path):
+    server, _ = s3
+    upload = checkpoints.VerifiedUpload("s3://ckpt/runs", "r", first_wait_s=1)
+    ckpt = local_checkpoint(tmp_path, 200_000)
+    paused(server, 15)  # longer than a request may take here (2 s) and than one of our waits (1 s)
+    t0 = time.monotonic()
+    done = upload(ckpt, "checkpoint_a")
+    assert time.monotonic() - t0 >= 14.5
+    assert done.path == "ckpt/runs/r/checkpoint_a" and checkpoints.problem_at("s3://ckpt/runs/r/checkpoint_a") is None
+
+
+def test_a_store_that_never_comes_back_is_an_error_naming_the_uri(s3, tmp_path, capsys):
+    server, _ = s3
+    upload = checkpoints.VerifiedUpload("s3://ckpt/runs", "gone", attempts=2, first_wait_s=0.5)
+    ckpt = local_checkpoint(tmp_path, 1000)
+    paused(server, None)
+    try:
+        with pytest.raises(checkpoints.CheckpointError, match="upload to s3://ckpt/runs/gone/checkpoint_b failed 2 "
+                                                              "times .*previous checkpoint is intact"):
+            upload(ckpt, "checkpoint_b")
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+    assert "attempt 1 of 2" in capsys.readouterr().out  # our layer retried, with a wait, after pyarrow's gave up
+    assert checkpoints.listed("s3://ckpt/runs", "gone") == []  # never registered: never listed, as Ray lists
+
+
+def test_checkpoints_in_a_store_are_listed_and_verified(s3, tmp_path):
+    _, client = s3
+    upload = checkpoints.VerifiedUpload("s3://ckpt/runs", "listed")
+    upload(local_checkpoint(tmp_path, 1000), "checkpoint_1")
+    snapshot = tmp_path / "snap"
+    snapshot.mkdir()
+    ray_snapshot(snapshot, ["checkpoint_1"])
+    client.put_object(Bucket="ckpt", Key=f"runs/listed/{SNAPSHOT_FILE}", Body=(snapshot / SNAPSHOT_FILE).read_bytes())
+    (entry,) = checkpoints.listed("s3://ckpt/runs", "listed")
+    assert entry.where == "s3://ckpt/runs/listed/checkpoint_1"
+    assert checkpoints.newest_intact("s3://ckpt/runs", "listed") == (entry, [])
+    client.put_object(Bucket="ckpt", Key="runs/listed/checkpoint_1/checkpoint.pt", Body=b"cut short")
+    assert "truncated?" in checkpoints.problem_at(entry.where)
+
+
+@pytest.fixture
+def shards(demo_shards, tmp_path):
+    dst = tmp_path / "shards"
+    shutil.copytree(demo_shards, dst)
+    return dst
+
+
+def test_a_shard_rewritten_or_removed_under_a_run_is_named(shards):
+    m = mf.load(shards)
+    tars, entries = shard_watch._build_files(shards)
+    before = shard_watch.stamps(tars)
+    shard_watch.check(tars, entries, before, "now")
+    first = shards / "train" / m["splits"]["train"]["shards"][0]["tar"]
+    os.utime(first, ns=(1, 1))  # restored from a copy: another mtime, the same bytes
+    shard_watch.check(tars, entries, before, "now")
+    flip_byte(first, at=0.6)  # the same size, other bytes
+    with pytest.raises(shard_watch.ShardsChanged, match=f"1 shard\\(s\\) changed before epoch 2: {first}: "
+                                                        "rewritten with other content of the same size"):
+        shard_watch.check(tars, entries, before, "before epoch 2")
+    second = shards / "val" / m["splits"]["val"]["shards"][0]["tar"]
+    second.unlink()
+    with pytest.raises(shard_watch.ShardsChanged, match=f"2 shard.*{second}: removed"):
+        shard_watch.check_build(shards, before, "since the run started")
+
+
+def test_the_loader_names_a_shard_rewritten_between_epochs(shards):
+    loader = make_loader(str(shards), "val", 10, train=False, crop=32)
+    assert sum(len(i) for _, _, i in loader) == 50
+    tar = loader.tars[0]
+    with open(tar, "r+b") as f:  # as a copy over it would: same size, other bytes
+        f.seek(2000)
+        f.write(b"\xff" * 16)
+    with pytest.raises(shard_watch.ShardsChanged, match=f"{tar}: rewritten"):
+        next(iter(loader))
+    loader.close()
+
+
+def test_a_stop_signal_says_where_and_how_to_resume(demo_shards, tmp_path, capsys):
+    import dataclasses
+
+    from tests.test_cluster import tiny_config
+    storage, dirs = stored_run(tmp_path / "store", epochs=1)
+    cfg = dataclasses.replace(tiny_config(demo_shards, tmp_path), storage=str(storage), name="r")
+    cfg.run_dir.mkdir(parents=True)
+    (cfg.run_dir / "metrics.jsonl").write_text(json.dumps({"epoch": 1}) + "\n")
+    before = stopping.install()
+    try:
+        with pytest.raises(stopping.Stopped) as stop:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises here
+    finally:
+        stopping.restore(before)
+    assert stop.value.exit_code == 143
+    assert stopping.report(cfg, stop.value) == 143
+    err = capsys.readouterr().err
+    assert f"stopped by SIGTERM after 1 of 10 epoch(s); its latest checkpoint is {dirs[0]}" in err
+    assert f"--output-dir {tmp_path} --name r --resume" in err
+    (event,) = [json.loads(x) for x in (tmp_path / "r" / "events.jsonl").read_text().splitlines()]
+    assert event["event"] == "stopped" and event["signal"] == "SIGTERM" and event["checkpoint"] == str(dirs[0])
+    assert stopping.report(cfg, stopping.Stopped(signal.SIGINT)) == 130
+
+
+def test_a_loader_over_1000_shards_of_10_samples_finishes_an_epoch_in_time(tmp_path):
+    """1,000 shards (one 10-sample shard, hard-linked), one epoch at batch 50, in a thread: the test fails (does not
+    skip, does not hang) when the epoch is not done within its bound."""
+    from pipeline import build_shards
+    src = tmp_path / "one"
+    build_shards.build(build_shards.BuildConfig(out=src, jobs=1, demo_train_per_class=1, demo_val_per_class=1,
+                                                shard_size=10, size=32))
+    m = json.loads((src / "manifest.json").read_text())
+    (entry,) = m["splits"]["train"]["shards"]
+    shards = [entry]
+    for i in range(1, 1000):
+        tar, idx = f"train-{i:06d}.tar", f"train-{i:06d}.idx"
+        os.link(src / "train" / entry["tar"], src / "train" / tar)
+        os.link(src / "train" / entry["idx"], src / "train" / idx)
+        shards.append({**entry, "tar": tar, "idx": idx})
+    m["splits"]["train"] = {**m["splits"]["train"], "shards": shards, "num_samples": 10_000}
+    (src / "manifest.json").write_text(json.dumps(m))
+    got = {}
+
+    def one_epoch():
+        loader = make_loader(str(src), "train", 50, train=True, crop=24, num_threads=2)
+        loader.set_epoch(0)
+        got["steps"] = sum(1 for _ in loader)
+        loader.close()
+    t0 = time.monotonic()
+    worker = threading.Thread(target=one_epoch, daemon=True)
+    worker.start()
+    worker.join(timeout=240)
+    took = time.monotonic() - t0
+    assert not worker.is_alive(), "one epoch over 1,000 shards did not finish within 240 s on this machine"
+    assert got.get("steps") == 200, got
+    print(f"one epoch over 1,000 shards of 10 samples: {took:.1f} s")
