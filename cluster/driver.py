@@ -20,7 +20,7 @@ def make_trainer(cfg, callback, inject_failure=None):
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {})}
     # elastic: (min, max) replicas; Ray restarts the group smaller after a lost node and larger when it returns
     num_workers = cfg.workers if cfg.min_workers == cfg.workers else (cfg.min_workers, cfg.workers)
-    return TorchTrainer(
+    trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config={"config": cfg, "inject_failure": inject_failure},
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources,
                                      elastic_resize_monitor_interval_s=cfg.resize_check_s),
@@ -29,6 +29,10 @@ def make_trainer(cfg, callback, inject_failure=None):
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
                              logging_config=LoggingConfig(log_level="WARNING")))
+    # Ray's fit() puts its own SIGINT handler in place of the launcher's (it aborts the run and exits 1, saying
+    # nothing): keep the launcher's one policy for SIGINT and SIGTERM (cluster/stopping.py)
+    trainer._register_sigint_handler = lambda controller: None
+    return trainer
 
 
 def checkpoint_uri(checkpoint):
@@ -60,11 +64,7 @@ def fit(cfg, inject_failure=None):
     storage = cfg.storage if cfg.storage != cfg.output_dir else "the run folder"
     print(f"training {cfg.workers} replica(s) on {cfg.data} -> {run_dir} (checkpoints: {storage})", flush=True)
     try:
-        trainer = make_trainer(cfg, callback, inject_failure)
-        # Ray's fit() puts its own SIGINT handler in place of the launcher's (it aborts the run and exits 1, saying
-        # nothing): keep the launcher's one policy for SIGINT and SIGTERM (cluster/stopping.py)
-        trainer._register_sigint_handler = lambda controller: None
-        result = trainer.fit()
+        result = make_trainer(cfg, callback, inject_failure).fit()
     except Exception as e:  # Ray wraps the worker's error; its message carries the worker traceback
         print(f"error: training failed: {e}", file=sys.stderr)
         return 1

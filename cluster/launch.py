@@ -220,6 +220,7 @@ def _main(args, argv):
             # address="local": a new cluster even when one is already running on this machine (a bare ray.init()
             # joins that one, with its owner's resources and settings).
             ray.init(address="local", dashboard_host="127.0.0.1", logging_level="WARNING", _node_ip_address="127.0.0.1")
+        stopping.install()  # again: ray.init puts a handler of its own (a stack dump, then death) on SIGTERM
         try:
             cfg = plan_resources(cfg, ray.cluster_resources())
             print(describe(cfg), flush=True)
@@ -233,8 +234,8 @@ def _main(args, argv):
     except (LaunchError, mf.ManifestError, checkpoints.CheckpointError, shard_watch.ShardsChanged) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except stopping.Stopped as stop:
-        return stopping.report(cfg, stop)
+    except KeyboardInterrupt:  # stopping.Stopped, or Ray's own when a stop signal ended a ray.get
+        return stopping.report(cfg, stopping.last_signal())
 
 
 if __name__ == "__main__":

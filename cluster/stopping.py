@@ -22,23 +22,30 @@ from cluster.run_files import EVENTS_FILE, METRICS_FILE, read_jsonl
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-class Stopped(BaseException):
-    """Raised in the launcher's main thread by a stop signal; a BaseException, so no `except Exception` on the way
-    (Ray's, the driver's) takes it for a training error."""
+_received = []  # the signals that arrived since install(), newest last
 
-    def __init__(self, signum):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
-    @property
-    def exit_code(self):
-        return 128 + self.signum
+class Stopped(KeyboardInterrupt):
+    """Raised in the launcher's main thread by a stop signal. A KeyboardInterrupt: no `except Exception` on the way
+    takes it for a training error, and Ray's ray.get, which turns any other exception raised by a signal handler into
+    a SystemError only once the task is done, stops waiting at once (raising a KeyboardInterrupt of its own: which
+    signal it was is in last_signal())."""
 
 
 def _raise(signum, frame):
     for s in SIGNALS:  # a second signal while stopping ends the process the default way
         signal.signal(s, signal.SIG_DFL)
-    raise Stopped(signum)
+    _received.append(signum)
+    raise Stopped(signal.Signals(signum).name)
+
+
+def last_signal():
+    """The stop signal that arrived, SIGINT when none did (a KeyboardInterrupt of Python's own)."""
+    return _received[-1] if _received else signal.SIGINT
+
+
+def exit_code(signum):
+    return 128 + signum
 
 
 def install():
@@ -52,6 +59,7 @@ def install():
 
 
 def restore(before):
+    _received.clear()
     for s, handler in before.items():
         signal.signal(s, handler)
 
@@ -61,13 +69,13 @@ def resume_command(cfg):
                        "--resume"])
 
 
-def report(cfg, stop):
+def report(cfg, signum):
     """Say where the run stopped and how to resume it, and append a "stopped" event to events.jsonl; returns the
     exit code. cfg None: stopped before the run had settings (nothing to resume)."""
-    name = signal.Signals(stop.signum).name
+    name = signal.Signals(signum).name
     if cfg is None:
         print(f"stopped by {name} before training started; nothing to resume.", file=sys.stderr)
-        return stop.exit_code
+        return exit_code(signum)
     run_dir = Path(cfg.run_dir)
     done = read_jsonl(run_dir / METRICS_FILE)
     epochs = done[-1]["epoch"] if done else 0
@@ -85,4 +93,4 @@ def report(cfg, stop):
                  "epochs_done": epochs, "checkpoint": registered[-1].where if registered else None}
         with open(run_dir / EVENTS_FILE, "a") as f:
             f.write(json.dumps(event) + "\n")
-    return stop.exit_code
+    return exit_code(signum)

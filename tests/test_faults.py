@@ -149,7 +149,7 @@ def s3(moto, monkeypatch):
                        "AWS_SECRET_ACCESS_KEY": "test-only", "AWS_REGION": "us-east-1",
                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setattr(checkpoints, "S3_TIMEOUTS_S", {"connect_timeout": 1.0, "request_timeout": 2.0})
+    monkeypatch.setattr(checkpoints, "S3_TIMEOUTS_S", {"connect_timeout": 1.0, "request_timeout": 1.0})
     client = boto3.client("s3")
     if "ckpt" not in [b["Name"] for b in client.list_buckets()["Buckets"]]:
         client.create_bucket(Bucket="ckpt")
@@ -167,10 +167,10 @@ def test_a_store_that_stops_answering_mid_upload_is_retried_and_the_copy_verifie
     server, _ = s3
     upload = checkpoints.VerifiedUpload("s3://ckpt/runs", "r", first_wait_s=1)
     ckpt = local_checkpoint(tmp_path, 200_000)
-    paused(server, 15)  # longer than a request may take here (2 s) and than one of our waits (1 s)
+    paused(server, 10)  # longer than a request may take here (1 s) and than one of our waits (1 s)
     t0 = time.monotonic()
     done = upload(ckpt, "checkpoint_a")
-    assert time.monotonic() - t0 >= 14.5
+    assert time.monotonic() - t0 >= 9.5
     assert done.path == "ckpt/runs/r/checkpoint_a" and checkpoints.problem_at("s3://ckpt/runs/r/checkpoint_a") is None
 
 
@@ -251,19 +251,20 @@ def test_a_stop_signal_says_where_and_how_to_resume(demo_shards, tmp_path, capsy
     (cfg.run_dir / "metrics.jsonl").write_text(json.dumps({"epoch": 1}) + "\n")
     before = stopping.install()
     try:
-        with pytest.raises(stopping.Stopped) as stop:
+        with pytest.raises(KeyboardInterrupt):  # what the launcher catches, as Ray's ray.get raises it too
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(5)  # the handler raises here
+        got = stopping.last_signal()
     finally:
         stopping.restore(before)
-    assert stop.value.exit_code == 143
-    assert stopping.report(cfg, stop.value) == 143
+    assert got == signal.SIGTERM and stopping.last_signal() == signal.SIGINT  # forgotten once the launcher ends
+    assert stopping.report(cfg, got) == 143
     err = capsys.readouterr().err
     assert f"stopped by SIGTERM after 1 of 10 epoch(s); its latest checkpoint is {dirs[0]}" in err
     assert f"--output-dir {tmp_path} --name r --resume" in err
     (event,) = [json.loads(x) for x in (tmp_path / "r" / "events.jsonl").read_text().splitlines()]
     assert event["event"] == "stopped" and event["signal"] == "SIGTERM" and event["checkpoint"] == str(dirs[0])
-    assert stopping.report(cfg, stopping.Stopped(signal.SIGINT)) == 130
+    assert stopping.report(cfg, signal.SIGINT) == 130
 
 
 def test_a_loader_over_1000_shards_of_10_samples_finishes_an_epoch_in_time(tmp_path):
@@ -298,3 +299,24 @@ def test_a_loader_over_1000_shards_of_10_samples_finishes_an_epoch_in_time(tmp_p
     assert not worker.is_alive(), "one epoch over 1,000 shards did not finish within 240 s on this machine"
     assert got.get("steps") == 200, got
     print(f"one epoch over 1,000 shards of 10 samples: {took:.1f} s")
+
+
+def test_rays_sigint_handler_gives_way_to_the_launchers(demo_shards, tmp_path):
+    """Ray's fit() installs a SIGINT handler of its own (abort, exit 1, no word): the trainer the driver makes keeps
+    the launcher's. The source check fails if a Ray upgrade registers it another way."""
+    import inspect
+
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    from cluster.driver import make_trainer
+    from cluster.outputs import RunOutputs
+    from tests.test_cluster import tiny_config
+    assert "self._register_sigint_handler(controller)" in inspect.getsource(
+        DataParallelTrainer._initialize_and_run_controller)
+    trainer = make_trainer(tiny_config(demo_shards, tmp_path), RunOutputs(tmp_path))
+    before = stopping.install()
+    try:
+        trainer._register_sigint_handler(None)
+        assert signal.getsignal(signal.SIGINT) is stopping._raise
+    finally:
+        stopping.restore(before)
