@@ -24,9 +24,14 @@ import torch
 from cluster.run_files import CHECKPOINT_FILE, DIGEST_FILE, SNAPSHOT_FILE
 
 CHUNK = 8 << 20
-# pyarrow's S3 client waits without limit on a store that has stopped answering (a paused or partitioned server):
-# bound each request, so that VerifiedUpload's retries and final error can happen
+# pyarrow's S3 filesystem from from_uri sets no request timeout: an upload to a paused server hung until the server
+# came back. Bounded requests let VerifiedUpload retry, and give up with an error, instead
 S3_TIMEOUTS_S = {"connect_timeout": 10.0, "request_timeout": 60.0}
+
+
+# A checkpoint Ray registered without a digest beside it was written before checkpoints carried one (an upload cut
+# short is never registered): used, unchecked, and said so, rather than leave a run from an older version stranded.
+NO_DIGEST = f"{DIGEST_FILE} is missing (written before checkpoints carried a digest): used unchecked"
 
 
 class CheckpointError(Exception):
@@ -42,10 +47,11 @@ class Listed:
 
 
 def _storage(storage):
-    """(pyarrow filesystem, path on it) for --storage, as Ray resolves it (pyarrow's from_uri)."""
+    """(pyarrow filesystem, path on it) for --storage: pyarrow's from_uri, as Ray resolves it, except for s3://."""
     storage = str(storage)
     if storage.startswith("s3://"):  # as from_uri would, with bounded requests (endpoint, keys: the environment)
         env = {k: os.environ.get(v) for k, v in (("endpoint_override", "AWS_ENDPOINT_URL"), ("region", "AWS_REGION"))}
+        env["region"] = env["region"] or os.environ.get("AWS_DEFAULT_REGION")
         return (pafs.S3FileSystem(**{k: v for k, v in env.items() if v}, **S3_TIMEOUTS_S),
                 storage[len("s3://"):].rstrip("/"))
     if "://" in storage:
@@ -100,7 +106,7 @@ def problem(fs, folder):
     if not _exists(fs, file):
         return f"{CHECKPOINT_FILE} is missing"
     if not _exists(fs, digest_file):
-        return f"{DIGEST_FILE} is missing (written by an older version, or its upload was cut short)"
+        return NO_DIGEST
     try:
         with fs.open_input_stream(digest_file) as f:
             want = json.loads(f.read().decode())
@@ -124,11 +130,12 @@ def problem_at(where):
 
 
 def newest_intact(storage, name):
-    """(the newest intact Listed or None, [(Listed, problem)] for each newer one that is damaged)."""
+    """(the newest intact Listed or None, [(Listed, problem)] for each newer one that is damaged). A checkpoint
+    without a digest counts as intact (NO_DIGEST)."""
     damaged = []
     for entry in reversed(listed(storage, name)):
         why = problem_at(entry.where)
-        if why is None:
+        if why in (None, NO_DIGEST):
             return entry, damaged
         damaged.append((entry, why))
     return None, damaged
@@ -179,15 +186,22 @@ def resume_point(storage, name):
     if entry is None:
         return passed + f"--resume: run {name} has no checkpoint yet; it starts from the first epoch"
     epoch = f" (after epoch {entry.epoch})" if entry.epoch is not None else ""
-    return passed + f"--resume: continuing from {entry.where}{epoch}, checked against its digest"
+    checked = "checked against its digest" if problem_at(entry.where) is None else NO_DIGEST
+    return passed + f"--resume: continuing from {entry.where}{epoch}, {checked}"
 
 
 def load_state(where):
-    """The state dict of a verified local checkpoint folder; CheckpointError (naming it) if it does not verify."""
+    """The state dict of a verified local checkpoint folder; CheckpointError (naming it) if it does not verify or,
+    without a digest (said), does not load."""
     why = problem(pafs.LocalFileSystem(), os.path.abspath(where))
-    if why is not None:
+    if why == NO_DIGEST:
+        _say(f"checkpoint {where}: {why}")
+    elif why is not None:
         raise CheckpointError(f"{where}: {why}")
-    return torch.load(os.path.join(where, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+    try:
+        return torch.load(os.path.join(where, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch.load raises many kinds (pickle, zip, struct) on a bad file
+        raise CheckpointError(f"{where}: {CHECKPOINT_FILE} does not load ({e})") from None
 
 
 def _say(msg):

@@ -31,7 +31,7 @@ def find_checkpoint(run_dir, cfg):
     named = json.loads(summary.read_text()).get("checkpoint") if summary.is_file() else None
     if named:
         why = checkpoints.problem_at(named if "://" in named else str(run_dir / named))
-        if why is None:
+        if why in (None, checkpoints.NO_DIGEST):
             return named
         print(f"warning: {named} (named by {summary}): {why}; looking for the newest intact checkpoint",
               file=sys.stderr)

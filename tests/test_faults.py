@@ -70,7 +70,6 @@ def test_the_listing_is_rays_snapshot_not_its_file(tmp_path):
 @pytest.mark.parametrize("damage, said", [
     (lambda p: flip_byte(p), "sha256 differs from its digest"),
     (lambda p: os.truncate(p, os.path.getsize(p) // 2), "truncated?"),
-    (lambda p: os.remove(p.parent / DIGEST_FILE), f"{DIGEST_FILE} is missing"),
 ])
 def test_a_damaged_newest_checkpoint_is_passed_over_and_taken_out_of_rays_list(tmp_path, damage, said):
     from ray.train.v2._internal.execution.checkpoint.checkpoint_manager import _CheckpointManagerState
@@ -84,7 +83,19 @@ def test_a_damaged_newest_checkpoint_is_passed_over_and_taken_out_of_rays_list(t
     assert state.latest_checkpoint_result.checkpoint_dir_name == dirs[0].name
     assert checkpoints.load_state(str(dirs[0]))["epoch"] == 0  # the intact one loads; the damaged one stays put
     assert dirs[1].is_dir()
-    with pytest.raises(checkpoints.CheckpointError, match="sha256 differs|truncated|is missing"):
+    with pytest.raises(checkpoints.CheckpointError, match="sha256 differs|truncated"):
+        checkpoints.load_state(str(dirs[1]))
+
+
+def test_a_checkpoint_from_before_digests_is_used_and_said_to_be_unchecked(tmp_path, capsys):
+    storage, dirs = stored_run(tmp_path)
+    os.remove(dirs[1] / DIGEST_FILE)  # as an older version wrote it
+    assert checkpoints.resume_point(storage, "r").endswith(f"continuing from {dirs[1]} (after epoch 2), "
+                                                           f"{checkpoints.NO_DIGEST}")
+    assert checkpoints.load_state(str(dirs[1]))["epoch"] == 1
+    assert f"{dirs[1]}: {DIGEST_FILE} is missing" in capsys.readouterr().out
+    os.truncate(dirs[1] / "checkpoint.pt", 1000)  # unchecked, but a file that does not load is still refused
+    with pytest.raises(checkpoints.CheckpointError, match="does not load"):
         checkpoints.load_state(str(dirs[1]))
 
 
