@@ -228,6 +228,9 @@ class VerifiedUpload:
     name: str
     attempts: int = 6
     first_wait_s: float = 2.0  # waits 2, 4, 8, 16, 32 s: about a minute of outage is ridden out
+    # the worker's ray.train.get_context().get_storage(): Ray registers only a checkpoint on its own filesystem
+    # object (ours for s3:// differs by its timeouts), so the one returned names that
+    ray_storage: object = None
 
     def __call__(self, checkpoint, dir_name):
         import ray.train
@@ -242,7 +245,10 @@ class VerifiedUpload:
                                 destination_filesystem=fs)
                 last = problem(fs, dest)
                 if last is None:
-                    return ray.train.Checkpoint(path=dest, filesystem=fs)
+                    if self.ray_storage is None:
+                        return ray.train.Checkpoint(path=dest, filesystem=fs)
+                    return ray.train.Checkpoint(path=f"{self.ray_storage.experiment_fs_path}/{dir_name}",
+                                                filesystem=self.ray_storage.storage_filesystem)
             except OSError as e:
                 if _no_space(e):
                     raise CheckpointError(self._full(where, checkpoint, fs, dest)) from None

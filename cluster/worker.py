@@ -166,7 +166,7 @@ def train_loop_per_worker(loop_config):
                                    "schedule": schedule.state_dict(), "epoch": epoch, "metrics": metrics}, tmp)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
                 # read back against its digest in storage before Ray registers it (and deletes the oldest)
-                upload = checkpoints.VerifiedUpload(cfg.storage, cfg.name)
+                upload = checkpoints.VerifiedUpload(cfg.storage, cfg.name, ray_storage=ctx.get_storage())
             # every rank reports (a barrier in Train V2); the driver's callback reads rank 0's metrics and every
             # rank's node
             ray.train.report({**metrics, "node": node, "rank": rank}, checkpoint=checkpoint,
