@@ -88,7 +88,7 @@ def _verified_state(cfg, log):
                     log(f"checkpoint {ckpt.path}: {damaged[-1][1]}; trying the one before it")
                 continue
         if damaged and log:
-            log(f"resuming from {ckpt.path} (epoch {state['epoch'] + 1}), the newest intact checkpoint")
+            log(f"resuming from {ckpt.path} (after epoch {state['epoch'] + 1}), the newest intact checkpoint")
         return state
     raise checkpoints.CheckpointError("no intact checkpoint: " + "; ".join(f"{p}: {why}" for p, why in damaged))
 

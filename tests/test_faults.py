@@ -331,3 +331,23 @@ def test_rays_sigint_handler_gives_way_to_the_launchers(demo_shards, tmp_path):
         assert signal.getsignal(signal.SIGINT) is stopping._raise
     finally:
         stopping.restore(before)
+
+
+def test_a_worker_passes_over_a_damaged_latest_checkpoint_that_ray_hands_it(tmp_path, monkeypatch, capsys):
+    """A restart after a failure gets Ray's latest checkpoint without the launcher's check: the worker checks it."""
+    import types
+
+    import ray.train
+
+    from cluster import worker
+    storage, dirs = stored_run(tmp_path)
+    flip_byte(dirs[1] / "checkpoint.pt")
+    monkeypatch.setattr(ray.train, "get_checkpoint", lambda: ray.train.Checkpoint(str(dirs[1])))
+    cfg = types.SimpleNamespace(storage=str(storage), name="r")
+    logged = []
+    assert worker._verified_state(cfg, logged.append)["epoch"] == 0
+    assert f"checkpoint {dirs[1]}: checkpoint.pt's sha256 differs" in logged[0]
+    assert f"resuming from {dirs[0]} (after epoch 1), the newest intact checkpoint" in logged[1]
+    flip_byte(dirs[0] / "checkpoint.pt")
+    with pytest.raises(checkpoints.CheckpointError, match=f"no intact checkpoint: {dirs[1]}: .*; {dirs[0]}: "):
+        worker._verified_state(cfg, None)
