@@ -65,7 +65,9 @@ def restore(before):
 
 
 def resume_command(cfg):
-    return shlex.join([sys.executable, "cluster/launch.py", "--output-dir", str(cfg.output_dir), "--name", cfg.name,
+    # absolute paths: the command works from any folder, with the same Python (its venv) as this one
+    launcher = Path(__file__).resolve().parent / "launch.py"
+    return shlex.join([sys.executable, str(launcher), "--output-dir", str(cfg.output_dir), "--name", cfg.name,
                        "--resume"])
 
 
