@@ -111,3 +111,31 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_one_before_and_loses_no_in
     after = checkpoints.listed(str(tmp / "runs"), "f")
     assert after[0].where == str(intact) and checkpoints.problem_at(str(intact)) is None  # intact ones lost: 0
     assert checkpoints.problem_at(after[-1].where) is None and after[-1].epoch == done
+
+
+@SLOW
+def test_ctrl_c_during_training_says_where_the_run_stopped_and_exits_130(demo_shards, tmp_path):
+    """SIGINT as Ctrl-C sends it, once training has started (Ray's own handler, which exits 1 without a word, is
+    the one that would run there)."""
+    log = tmp_path / "launch.log"
+    cmd = [sys.executable, str(ROOT / "cluster" / "launch.py"), "--data", str(demo_shards), "--output-dir",
+           str(tmp_path / "runs"), "--name", "c", "--replicas", "1", "-b", "4", "--crop", "64", "--epochs", "1"]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "RAY_ADDRESS": "local",
+                                                                                "PYTHONPATH": str(ROOT)})
+        try:
+            deadline = time.monotonic() + RUN_BOUND_S
+            while "replica(s), global batch" not in log.read_text() and time.monotonic() < deadline:
+                assert proc.poll() is None, log.read_text()[-3000:]
+                time.sleep(0.2)
+            proc.send_signal(signal.SIGINT)
+            rc = proc.wait(timeout=GRACE_S)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    text = log.read_text()
+    assert rc == 130, text[-3000:]
+    assert "stopped by SIGINT after 0 of 1 epoch(s); it had written no checkpoint yet" in text
+    assert f"cluster/launch.py --output-dir {tmp_path / 'runs'} --name c --resume" in text
+    assert "Traceback" not in text.split("stopped by SIGINT")[-1]
