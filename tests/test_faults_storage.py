@@ -117,3 +117,27 @@ def test_checkpoints_in_a_store_are_listed_and_verified(s3, tmp_path):
     assert checkpoints.newest_intact("s3://ckpt/runs", "listed") == (entry, [])
     client.put_object(Bucket="ckpt", Key="runs/listed/checkpoint_1/checkpoint.pt", Body=b"cut short")
     assert "truncated?" in checkpoints.problem_at(entry.where)
+
+
+def test_a_shard_rewritten_or_removed_in_the_store_is_named(s3, tmp_path, monkeypatch):
+    """Shards in s3://: one HEAD each, the store's sha256 of the object against the manifest's."""
+    from pipeline import build_shards as bs
+    from pipeline import object_store as store
+    from pipeline import shard_watch
+    _, client = s3
+    monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(store, "_LOCAL", {})
+    client.create_bucket(Bucket="shards-w")
+    m = bs.build(bs.BuildConfig(out="s3://shards-w/d", staging=tmp_path / "staging", jobs=1, demo_train_per_class=2,
+                                demo_val_per_class=1, shard_size=7, size=32))
+    shard_watch.check_build("s3://shards-w/d", {}, "now")  # as uploaded: nothing to say
+    first, second = m["splits"]["train"]["shards"][0]["tar"], m["splits"]["train"]["shards"][1]["tar"]
+    body = client.get_object(Bucket="shards-w", Key=f"d/train/{first}")["Body"].read()
+    client.put_object(Bucket="shards-w", Key=f"d/train/{first}", Body=body[:-1] + b"\1")  # same size, no checksum
+    client.delete_object(Bucket="shards-w", Key=f"d/train/{second}")
+    with pytest.raises(shard_watch.ShardsChanged) as e:
+        shard_watch.check_build("s3://shards-w/d", {}, "before epoch 4")
+    msg = str(e.value)
+    assert msg.startswith("2 shard(s) changed before epoch 4")
+    assert f"s3://shards-w/d/train/{first}: its sha256 in the store differs" in msg
+    assert f"s3://shards-w/d/train/{second}: removed from the store" in msg
