@@ -12,15 +12,16 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from cluster import report, run_inputs
 from cluster.job_paths import location_line
 from cluster.outputs import RunOutputs, mark_lost_nodes
-from cluster.run_files import CHECKPOINTS_KEPT, EVENTS_FILE, METRICS_FILE, read_jsonl
+from cluster.run_files import CHECKPOINTS_KEPT, EVENTS_FILE, METRICS_FILE, SHARDS_FILE, read_jsonl
 from cluster.worker import train_loop_per_worker
+from pipeline import shard_watch
 
 
 def make_trainer(cfg, callback, inject_failure=None):
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {})}
     # elastic: (min, max) replicas; Ray restarts the group smaller after a lost node and larger when it returns
     num_workers = cfg.workers if cfg.min_workers == cfg.workers else (cfg.min_workers, cfg.workers)
-    return TorchTrainer(
+    trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config={"config": cfg, "inject_failure": inject_failure},
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources,
                                      elastic_resize_monitor_interval_s=cfg.resize_check_s),
@@ -29,6 +30,10 @@ def make_trainer(cfg, callback, inject_failure=None):
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
                              logging_config=LoggingConfig(log_level="WARNING")))
+    # Ray's fit() puts its own SIGINT handler in place of the launcher's (it aborts the run and exits 1, saying
+    # nothing): keep the launcher's one policy for SIGINT and SIGTERM (cluster/stopping.py)
+    trainer._register_sigint_handler = lambda controller: None
+    return trainer
 
 
 def checkpoint_uri(checkpoint):
@@ -54,6 +59,7 @@ def fit(cfg, inject_failure=None):
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir)
     run_inputs.record(run_dir, cfg.data)  # classes, resize and statistics: classify/export need no shards
+    shard_watch.record(run_dir / SHARDS_FILE, cfg.data)  # what --resume checks the shards against
     settings = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items())
     print(textwrap.fill(f"config ({run_dir / 'config.json'}): {settings}", width=120, subsequent_indent="  "))
     callback = RunOutputs(run_dir)

@@ -15,29 +15,36 @@ from pathlib import Path
 
 import torch
 
+from cluster import checkpoints
 from cluster.loop import evaluate, loader_settings
 from cluster.progress import bar
 from cluster.recipe import TrainConfig
 from cluster.report import ReportError, RunSettings, load_model_state, trained_model
-from cluster.run_files import checkpoint_dirs
 from pipeline import manifest as mf
 from pipeline import object_store
 from pipeline.loader import make_loader
 
 
 def find_checkpoint(run_dir, cfg):
-    """summary.json's final checkpoint when the run finished, else the newest checkpoint_* under --storage."""
+    """summary.json's final checkpoint when the run finished, else the newest registered one under --storage; each
+    checked against its digest first (a damaged one is named and passed over)."""
     summary = run_dir / "summary.json"
-    if summary.is_file():
-        named = json.loads(summary.read_text()).get("checkpoint")
-        if named:
+    named = json.loads(summary.read_text()).get("checkpoint") if summary.is_file() else None
+    if named:
+        why = checkpoints.problem_at(named if "://" in named else str(run_dir / named))
+        if why in (None, checkpoints.NO_DIGEST):
             return named
-    store = Path(cfg.storage) / cfg.name
-    found = checkpoint_dirs(cfg.storage, cfg.name)
-    if not found:
-        raise ReportError(f"--test-only: no checkpoint for run {cfg.name}: {summary} names none and {store} has no "
-                          "checkpoint_* folder. Has the run finished an epoch?")
-    return str(found[-1])
+        print(f"warning: {named} (named by {summary}): {why}; looking for the newest intact checkpoint",
+              file=sys.stderr)
+    entry, damaged = checkpoints.newest_intact(cfg.storage, cfg.name)
+    for bad, why in damaged:
+        print(f"warning: {bad.where}: {why}; passed over", file=sys.stderr)
+    if entry is None and damaged:
+        raise ReportError(f"--test-only: {checkpoints.none_intact_message(cfg.storage, cfg.name, damaged)}")
+    if entry is None:
+        raise ReportError(f"--test-only: no checkpoint for run {cfg.name}: {summary} names none and "
+                          f"{cfg.storage}/{cfg.name} has none registered. Has the run finished an epoch?")
+    return entry.where
 
 
 def test_only(args):

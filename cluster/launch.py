@@ -23,10 +23,13 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from cluster import checkpoints, stopping  # noqa: E402
 from cluster.recipe import DEFAULT_DATA, RUN, TrainConfig, describe  # noqa: E402
 from cluster.resolve import LaunchError, new_config, plan_resources, resumed_config  # noqa: E402
+from cluster.run_files import SHARDS_FILE  # noqa: E402
 from cluster.setting import add_flags, explicit  # noqa: E402
 from pipeline import manifest as mf  # noqa: E402
+from pipeline import shard_watch  # noqa: E402
 
 
 def get_args_parser(suppress_defaults=False):
@@ -74,6 +77,15 @@ def dali_missing():
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = get_args_parser().parse_args(argv)
+    before = stopping.install()  # SIGTERM and Ctrl-C: one policy (cluster/stopping.py)
+    try:
+        return _main(args, argv)
+    finally:
+        stopping.restore(before)
+
+
+def _main(args, argv):
+    cfg = None
     if dali_missing():
         print(f"error: {dali_missing()}", file=sys.stderr)
         return 2
@@ -88,6 +100,8 @@ def main(argv=None):
     try:
         if args.resume:
             cfg = resumed_config(args, explicit_flags(argv))
+            print(checkpoints.resume_point(cfg.storage, cfg.name), flush=True)
+            shard_watch.check_build(cfg.data, shard_watch.recorded(cfg.run_dir / SHARDS_FILE), "since the run started")
         else:
             if (args.output_dir / args.name).exists():
                 raise LaunchError(f"{(args.output_dir / args.name).resolve()} already exists: pass --resume to "
@@ -119,6 +133,7 @@ def main(argv=None):
             # joins that one, with its owner's resources and settings).
             ray.init(address="local", dashboard_host="127.0.0.1", logging_level="WARNING", _node_ip_address="127.0.0.1")
         ray_noise.after_init(ray, cfg.address)
+        stopping.install()  # again: ray.init puts a handler of its own (a stack dump, then death) on SIGTERM
         try:
             cfg = plan_resources(cfg, ray.cluster_resources())
             print(describe(cfg), flush=True)
@@ -130,9 +145,11 @@ def main(argv=None):
         finally:
             ray.shutdown()
             ray_noise.restore()
-    except (LaunchError, mf.ManifestError) as e:
+    except (LaunchError, mf.ManifestError, checkpoints.CheckpointError, shard_watch.ShardsChanged) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # stopping.Stopped, or Ray's own when a stop signal ended a ray.get
+        return stopping.report(cfg, stopping.last_signal())
 
 
 if __name__ == "__main__":

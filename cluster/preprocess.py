@@ -59,7 +59,7 @@ def shard_image(data, prep):
     """Raw file bytes -> the image as the loader decodes it from the shards (HWC uint8 RGB), before its own
     resize. Raises BadImage (with the reason) for what the builder would have skipped."""
     b = prep.build
-    jpeg, _ = prepare(data, size=b.size, crop=b.center_crop, quality=b.quality)
+    jpeg = prepare(data, size=b.size, crop=b.center_crop, quality=b.quality).jpeg
     with Image.open(io.BytesIO(jpeg)) as img:
         return img.convert("RGB")
 

@@ -17,13 +17,13 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from cluster import checkpoints
 from cluster.build_model import build_model
 from cluster.chance import STUCK_AFTER_EPOCHS, ChanceLevel, stuck_message
 from cluster.grad_compression import register as register_compression
 from cluster.loop import LrSchedule, evaluate, loader_settings, make_optimizer, train_one_epoch, training_augmentation
 from cluster.progress import timed_lines
 from cluster.recipe import DEFAULT_WARMUP_EPOCHS
-from cluster.run_files import CHECKPOINT_FILE
 from model import compile_for_speed
 from pipeline.loader import make_loader
 
@@ -71,12 +71,34 @@ def failure_hook(inject_at, rank, world, start_epoch):
     return hook
 
 
-def _load_checkpoint(model, opt, schedule):
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is None:
+def _verified_state(cfg, log):
+    """The state of the newest checkpoint that matches its digest: Ray's latest, else (damaged) the newest intact
+    one before it in the run's list, named as it is passed over. None when the run has no checkpoint yet."""
+    latest = ray.train.get_checkpoint()
+    if latest is None:
+        return None
+    candidates = [latest] + [ray.train.Checkpoint(e.where) for e in reversed(checkpoints.listed(cfg.storage, cfg.name))
+                             if os.path.basename(e.where) != os.path.basename(latest.path)]
+    damaged = []
+    for ckpt in candidates:
+        with ckpt.as_directory() as d:
+            try:
+                state = checkpoints.load_state(d)
+            except checkpoints.CheckpointError as e:
+                damaged.append((ckpt.path, str(e).split(": ", 1)[-1]))
+                if log:
+                    log(f"checkpoint {ckpt.path}: {damaged[-1][1]}; trying the one before it")
+                continue
+        if damaged and log:
+            log(f"resuming from {ckpt.path} (after epoch {state['epoch'] + 1}), the newest intact checkpoint")
+        return state
+    raise checkpoints.CheckpointError("no intact checkpoint: " + "; ".join(f"{p}: {why}" for p, why in damaged))
+
+
+def _load_checkpoint(model, opt, schedule, cfg, log):
+    state = _verified_state(cfg, log)
+    if state is None:
         return 0
-    with ckpt.as_directory() as d:
-        state = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])  # its lr is overwritten every step from the schedule
     schedule.load_state_dict(state["schedule"])
@@ -107,7 +129,7 @@ def train_loop_per_worker(loop_config):
     model, trainable = build_replica(cfg, devices)
     opt = make_optimizer(model, peak_lr, cfg.momentum, cfg.wd, decay_biases=cfg.decay_biases)
     schedule = LrSchedule.from_config(cfg, steps_per_epoch=len(train_loader))
-    start_epoch = _load_checkpoint(model, opt, schedule)
+    start_epoch = _load_checkpoint(model, opt, schedule, cfg, log)
     # another world size than the checkpoint's (elastic restart, --resume --workers): the launch rule again, a
     # warmup over --warmup-epochs (5 when the run had none) from the rate the run had to the new peak
     change = schedule.start(peak_lr, start_epoch, cfg.warmup_epochs or DEFAULT_WARMUP_EPOCHS)
@@ -143,12 +165,14 @@ def train_loop_per_worker(loop_config):
         if log and not schedule.left_chance and schedule.epochs_at_chance == STUCK_AFTER_EPOCHS:
             log(stuck_message(STUCK_AFTER_EPOCHS, top1, ChanceLevel(cfg.num_classes, n), cfg.preset))
         with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
+            checkpoint, upload = None, None
             if rank == 0:
-                torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                            "schedule": schedule.state_dict(), "epoch": epoch, "metrics": metrics},
-                           os.path.join(tmp, CHECKPOINT_FILE))
+                checkpoints.write({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                   "schedule": schedule.state_dict(), "epoch": epoch, "metrics": metrics}, tmp)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
+                # read back against its digest in storage before Ray registers it (and deletes the oldest)
+                upload = checkpoints.VerifiedUpload(cfg.storage, cfg.name, ray_storage=ctx.get_storage())
             # every rank reports (a barrier in Train V2); the driver's callback reads rank 0's metrics and every
             # rank's node
-            ray.train.report({**metrics, "node": node, "rank": rank}, checkpoint=checkpoint)
+            ray.train.report({**metrics, "node": node, "rank": rank}, checkpoint=checkpoint,
+                             checkpoint_upload_fn=upload)

@@ -51,7 +51,7 @@ import torch
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-from pipeline import epoch_order
+from pipeline import epoch_order, shard_watch
 from pipeline import manifest as mf
 from pipeline.epoch_order import shard_range
 from pipeline.stats import input_normalization
@@ -179,6 +179,7 @@ class DaliLoader:
         self.tars = [str(t) for t, _, _ in files]
         self.idxs = [str(i) for _, i, _ in files]
         self.counts = [entry["num_samples"] for _, _, entry in files]
+        self.entries, self.stamps = [entry for _, _, entry in files], shard_watch.stamps(self.tars)
         self.num_samples = self.manifest["splits"][split]["num_samples"]
         start, end = shard_range(self.num_samples, shard_id, num_shards)
         self.shard_samples = end - start
@@ -233,6 +234,7 @@ class DaliLoader:
         return images, out["labels"].view(-1).long(), out["indices"].view(-1).long()
 
     def __iter__(self):
+        shard_watch.check(self.tars, self.entries, self.stamps, f"before {self.split} epoch {self.epoch + 1}")
         if not self.train:
             yield from self._evaluation_epoch()
             return

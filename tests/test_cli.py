@@ -2,6 +2,7 @@
 and --test-only (the 10-crop evaluation of a run's checkpoint, without Ray)."""
 import argparse
 import re
+import shutil
 
 import pytest
 import torch
@@ -49,8 +50,11 @@ def test_resume_takes_no_path(capsys):
 
 
 def _run_with_checkpoint(demo_shards, tmp_path, fc8_bias):
-    """A run folder as launch.py leaves it (config.json, a checkpoint_* folder), holding a net whose fc8 ignores the
-    image: the logits are fc8_bias for every input, so its errors are known from the labels alone."""
+    """A run folder as launch.py leaves it (config.json, a checkpoint_* folder with its digest, Ray's list of it),
+    holding a net whose fc8 ignores the image: the logits are fc8_bias for every input, so its errors are known from
+    the labels alone."""
+    from cluster import checkpoints
+    from tests.test_faults import ray_snapshot
     args = launch.get_args_parser().parse_args(
         ["--data", str(demo_shards), "--output-dir", str(tmp_path), "--name", "done", "--crop", "64", "-b", "20"])
     cfg = new_config(args, None)
@@ -61,8 +65,8 @@ def _run_with_checkpoint(demo_shards, tmp_path, fc8_bias):
     with torch.no_grad():
         model.fc8.weight.zero_()
         model.fc8.bias.copy_(fc8_bias)
-    torch.save({"model": model.state_dict(), "epoch": 0},
-               run_dir / "checkpoint_2026-01-01_00-00-00.000000" / "checkpoint.pt")
+    checkpoints.write({"model": model.state_dict(), "epoch": 0}, run_dir / "checkpoint_2026-01-01_00-00-00.000000")
+    ray_snapshot(run_dir, ["checkpoint_2026-01-01_00-00-00.000000"])
     return cfg
 
 
@@ -112,9 +116,8 @@ def test_test_only_errors_name_what_is_missing(tmp_path, capsys):
 
 def test_test_only_without_a_checkpoint_says_so(demo_shards, tmp_path, capsys):
     _run_with_checkpoint(demo_shards, tmp_path, torch.zeros(10))
-    for folder in (tmp_path / "done").glob("checkpoint_*"):
-        (folder / "checkpoint.pt").unlink()
-        folder.rmdir()
+    for path in (tmp_path / "done").glob("checkpoint_*"):  # the folder and Ray's list of it
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
     assert launch.main(["--output-dir", str(tmp_path), "--name", "done", "--test-only"]) == 2
     assert "no checkpoint for run done" in capsys.readouterr().err
 
