@@ -29,7 +29,7 @@ import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from cluster.preprocess import BadImage, PreprocessError, check_supported, patches  # noqa: E402
-from cluster.trained_run import RunError, open_run, run_folder, shown  # noqa: E402
+from cluster.trained_run import RunError, add_run_arguments, open_run, run_folder, shown  # noqa: E402
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jfif"}
 
@@ -44,14 +44,7 @@ class Result:
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", type=Path, help="image files, or folders searched for them")
-    p.add_argument("--name", default=None, help="the run, a folder under --output-dir")
-    p.add_argument("--output-dir", type=Path, default=Path("runs"), help="where runs are (default: runs)")
-    p.add_argument("--run", type=Path, default=None, help="the run folder itself, instead of --name")
-    p.add_argument("--checkpoint", default=None,
-                   help="a checkpoint folder or checkpoint.pt: of run --name/--run, or alone when it is inside its run "
-                        "folder (default: the run's final, else latest, one)")
-    p.add_argument("--data", default=None,
-                   help="the shards the run trained on, for a run folder without inputs.json (default: config.json's)")
+    add_run_arguments(p)
     p.add_argument("--ten-crop", action="store_true",
                    help="average the paper's ten patches (corners and centre, each also mirrored) (default: centre "
                         "crop)")

@@ -8,43 +8,20 @@ state_dict), the validation loader is cluster/worker.py's last-epoch 10-crop loa
 cluster/loop.py's evaluate: the same definitions as a run's val_top1_error_10crop / val_top5_error_10crop.
 """
 import dataclasses
-import json
 import os
 import sys
 from pathlib import Path
 
 import torch
 
-from cluster import checkpoints
 from cluster.loop import evaluate, loader_settings
 from cluster.progress import bar
 from cluster.recipe import TrainConfig
 from cluster.report import ReportError, RunSettings, load_model_state, trained_model
+from cluster.trained_run import RunError, final_checkpoint
 from pipeline import manifest as mf
 from pipeline import object_store
 from pipeline.loader import make_loader
-
-
-def find_checkpoint(run_dir, cfg):
-    """summary.json's final checkpoint when the run finished, else the newest registered one under --storage; each
-    checked against its digest first (a damaged one is named and passed over)."""
-    summary = run_dir / "summary.json"
-    named = json.loads(summary.read_text()).get("checkpoint") if summary.is_file() else None
-    if named:
-        why = checkpoints.problem_at(named if "://" in named else str(run_dir / named))
-        if why in (None, checkpoints.NO_DIGEST):
-            return named
-        print(f"warning: {named} (named by {summary}): {why}; looking for the newest intact checkpoint",
-              file=sys.stderr)
-    entry, damaged = checkpoints.newest_intact(cfg.storage, cfg.name)
-    for bad, why in damaged:
-        print(f"warning: {bad.where}: {why}; passed over", file=sys.stderr)
-    if entry is None and damaged:
-        raise ReportError(f"--test-only: {checkpoints.none_intact_message(cfg.storage, cfg.name, damaged)}")
-    if entry is None:
-        raise ReportError(f"--test-only: no checkpoint for run {cfg.name}: {summary} names none and "
-                          f"{cfg.storage}/{cfg.name} has none registered. Has the run finished an epoch?")
-    return entry.where
 
 
 def test_only(args):
@@ -63,11 +40,11 @@ def test_only(args):
         str(Path(args.data).resolve())
     try:
         mf.load(data)
-        checkpoint = find_checkpoint(run_dir, cfg)
+        checkpoint = final_checkpoint(run_dir, cfg.storage, cfg.name)
         settings = RunSettings.from_config({**vars(cfg), "data": data}, run_dir / "config.json")
         model = trained_model(settings, load_model_state(checkpoint, run_dir))
-    except (ReportError, mf.ManifestError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ReportError, RunError, mf.ManifestError) as e:
+        print(f"error: --test-only: {e}", file=sys.stderr)
         return 2
     device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     threads = args.threads or min(8, os.cpu_count() or 1)

@@ -25,7 +25,7 @@ import torch  # noqa: E402
 
 from cluster.export_spec import SPEC_FILE, export_spec  # noqa: E402
 from cluster.preprocess import PreprocessError, check_supported  # noqa: E402
-from cluster.trained_run import RunError, open_run, run_folder, shown  # noqa: E402
+from cluster.trained_run import RunError, add_run_arguments, open_run, run_folder, shown  # noqa: E402
 
 # ONNX opset 18: torch's exporter (onnxscript's torchlib) writes 20 by default and converts down without loss for
 # the operators AlexNet uses (Conv with group, MaxPool, Pad, Slice, Pow, Gemm, ReduceMean, GatherND, Relu); 18 is
@@ -101,14 +101,7 @@ def export_run(run, out, *, dtype=torch.float32, onnx=True):
 
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--name", default=None, help="the run, a folder under --output-dir")
-    p.add_argument("--output-dir", type=Path, default=Path("runs"), help="where runs are (default: runs)")
-    p.add_argument("--run", type=Path, default=None, help="the run folder itself, instead of --name")
-    p.add_argument("--checkpoint", default=None,
-                   help="a checkpoint folder or checkpoint.pt: of run --name/--run, or alone when it is inside its run "
-                        "folder (default: the run's final, else latest, one)")
-    p.add_argument("--data", default=None,
-                   help="the shards the run trained on, for a run folder without inputs.json (default: config.json's)")
+    add_run_arguments(p)
     p.add_argument("--out", type=Path, default=None, help="the artifact folder (default: RUN_DIR/export)")
     return p
 

@@ -6,13 +6,14 @@ grouped form that holds the two columns' weights). A checkpoint that does not fi
 differs: the class count, or the layers whose shapes differ.
 """
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster import run_inputs
+from cluster import checkpoints, run_inputs
 from cluster.recipe import CONFIG_FILE
 from cluster.report import ReportError, RunSettings, load_model_state, trained_model
-from cluster.run_files import CHECKPOINT_FILE, checkpoint_dirs
+from cluster.run_files import CHECKPOINT_FILE
 from cluster.run_inputs import Preprocessing, RunInputs, RunInputsError
 from pipeline import object_store
 
@@ -46,6 +47,18 @@ def shown(path):
         return text
 
 
+def add_run_arguments(p):
+    """The flags that pick a run and its checkpoint, shared by classify.py and export.py."""
+    p.add_argument("--name", default=None, help="the run, a folder under --output-dir")
+    p.add_argument("--output-dir", type=Path, default=Path("runs"), help="where runs are (default: runs)")
+    p.add_argument("--run", type=Path, default=None, help="the run folder itself, instead of --name")
+    p.add_argument("--checkpoint", default=None,
+                   help="a checkpoint folder or checkpoint.pt: of run --name/--run, or alone when it is inside its run "
+                        "folder (default: the run's final, else latest, one)")
+    p.add_argument("--data", default=None,
+                   help="the shards the run trained on, for a run folder without inputs.json (default: config.json's)")
+
+
 def run_folder(name=None, output_dir="runs", run=None, checkpoint=None):
     """RUN_DIR from --run, else --output-dir/--name, else the run folder that holds --checkpoint (the default
     --storage is the run folder: RUN_DIR/checkpoint_*/checkpoint.pt)."""
@@ -63,18 +76,42 @@ def run_folder(name=None, output_dir="runs", run=None, checkpoint=None):
                    "inside a run folder")
 
 
-def final_checkpoint(run_dir, config):
-    """summary.json's checkpoint when the run finished, else the newest checkpoint_* under its --storage."""
+def final_checkpoint(run_dir, storage, name):
+    """summary.json's final checkpoint when the run finished, else the newest one Ray registered under --storage; each
+    checked against its digest first (a damaged one is named and passed over, cluster/checkpoints.py)."""
     summary = run_dir / "summary.json"
-    if summary.is_file():
-        named = json.loads(summary.read_text()).get("checkpoint")
-        if named:
+    named = json.loads(summary.read_text()).get("checkpoint") if summary.is_file() else None
+    if named:
+        named = named if "://" in named else str(run_dir / named)  # summary.json may name it relative to the run
+        why = checkpoints.problem_at(named)
+        if why in (None, checkpoints.NO_DIGEST):
             return named
-    found = checkpoint_dirs(config.get("storage", run_dir.parent), config.get("name", run_dir.name))
-    if not found:
-        raise RunError(f"{run_dir}: no checkpoint: {summary} names none and its storage has no checkpoint_* folder. "
-                       "Has the run finished an epoch? (Or pass --checkpoint PATH.)")
-    return str(found[-1])
+        print(f"warning: {named} (named by {summary}): {why}; looking for the newest intact checkpoint",
+              file=sys.stderr)
+    entry, damaged = checkpoints.newest_intact(storage, name)
+    for bad, why in damaged:
+        print(f"warning: {bad.where}: {why}; passed over", file=sys.stderr)
+    if entry is None and damaged:
+        raise RunError(checkpoints.none_intact_message(storage, name, damaged))
+    if entry is None:
+        said = "names a damaged one" if named else "names none"
+        raise RunError(f"no intact checkpoint for run {name}: {summary} {said} and {storage}/{name} has none "
+                       "registered. Has the run finished an epoch? (Or pass --checkpoint PATH.)")
+    return entry.where
+
+
+def given_checkpoint(checkpoint):
+    """--checkpoint as a path or URI, refused when it does not match its digest (a checkpoint.pt is checked as its
+    folder's; a file of another name is a state_dict saved by hand, with no digest)."""
+    where = str(checkpoint) if "://" in str(checkpoint) else str(Path(checkpoint).resolve())
+    if "://" not in where and Path(where).is_file() and Path(where).name != CHECKPOINT_FILE:
+        return where  # a state_dict saved by hand: no digest to check it against
+    folder = where[: -len(CHECKPOINT_FILE) - 1] if where.endswith("/" + CHECKPOINT_FILE) else where
+    why = checkpoints.problem_at(folder)
+    if why not in (None, checkpoints.NO_DIGEST):
+        raise RunError(f"--checkpoint {checkpoint}: {why}. Nothing was loaded: name an intact checkpoint, or leave "
+                       "--checkpoint out to use the run's newest intact one.")
+    return where
 
 
 def open_run(run_dir, *, checkpoint=None, data=None):
@@ -91,9 +128,9 @@ def open_run(run_dir, *, checkpoint=None, data=None):
     try:
         inputs = run_inputs.load(run_dir, data if data is not None else config.get("data"))
         settings = RunSettings.from_config({**config, "data": data or config.get("data")}, path)
-        checkpoint = str(Path(checkpoint).resolve()) if checkpoint else final_checkpoint(run_dir, config)
-        if "://" not in checkpoint:  # summary.json may name it relative to the run folder
-            checkpoint = str(run_dir / checkpoint)
+        checkpoint = (given_checkpoint(checkpoint) if checkpoint else
+                      final_checkpoint(run_dir, config.get("storage", str(run_dir.parent)),
+                                       config.get("name", run_dir.name)))
         state = load_model_state(checkpoint, run_dir)
     except (RunInputsError, ReportError) as e:
         raise RunError(str(e)) from None

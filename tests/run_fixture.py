@@ -7,7 +7,7 @@ import shutil
 
 import torch
 
-from cluster import run_inputs
+from cluster import checkpoints, run_inputs
 from model import GroupedAlexNet
 from pipeline import build_shards
 
@@ -26,7 +26,7 @@ def make_run(root, shards, *, central_square=True, seed=0):
     net = GroupedAlexNet(CLASSES, init="kaiming").eval()  # logits that depend on the image (the demo preset's init)
     run = root / "run"
     (run / "checkpoint_000001").mkdir(parents=True)
-    torch.save({"model": net.state_dict(), "epoch": 1}, run / "checkpoint_000001" / "checkpoint.pt")
+    checkpoints.write({"model": net.state_dict(), "epoch": 1}, run / "checkpoint_000001")  # with its digest
     config = dict(data=str(shards), crop=CROP, normalize="paper", central_square=central_square,
                   num_classes=CLASSES, activation="relu", lrn=True, overlapping_pool=True, seed=0, name="run",
                   storage=str(root))

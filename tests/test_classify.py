@@ -181,3 +181,17 @@ def test_a_checkpoint_inside_its_run_folder_names_the_run(run, demo_tree, tmp_pa
     assert capsys.readouterr().out.count(image) == 2
     assert classify.main(["--checkpoint", str(tmp_path / "storage" / "checkpoint_1"), image]) == 2
     assert "no run folder" in capsys.readouterr().err
+
+
+def test_a_damaged_checkpoint_is_never_loaded(tree_shards, tmp_path):
+    """A flipped byte in the run's checkpoint: named, whether the run's final checkpoint or --checkpoint points at it,
+    and nothing is classified with it."""
+    run_dir, _ = make_run(tmp_path, tree_shards)
+    file = run_dir / "checkpoint_000001" / "checkpoint.pt"
+    data = bytearray(file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    file.write_bytes(bytes(data))
+    with pytest.raises(RunError, match="no intact checkpoint for run run: .* names a damaged one"):
+        open_run(run_dir)
+    with pytest.raises(RunError, match="sha256 differs from its digest"):
+        open_run(run_dir, checkpoint=run_dir / "checkpoint_000001")

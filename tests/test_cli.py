@@ -119,7 +119,7 @@ def test_test_only_without_a_checkpoint_says_so(demo_shards, tmp_path, capsys):
     for path in (tmp_path / "done").glob("checkpoint_*"):  # the folder and Ray's list of it
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     assert launch.main(["--output-dir", str(tmp_path), "--name", "done", "--test-only"]) == 2
-    assert "no checkpoint for run done" in capsys.readouterr().err
+    assert "no intact checkpoint for run done" in capsys.readouterr().err
 
 
 def test_without_dali_the_launcher_says_which_extra_to_install(monkeypatch, capsys):

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from processes import descendants
 from ray.cluster_utils import Cluster
 
 from cluster.recipe import PRESETS
@@ -40,21 +41,6 @@ def add_nodes(cluster, n):
     return nodes
 
 
-def descendants(pid):
-    """Every process under `pid`, from /proc (parent ids are field 4 of /proc/PID/stat)."""
-    children = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # gone meanwhile
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        kids = children.get(todo.pop(), [])
-        found += kids
-        todo += kids
-    return found
 
 
 def kill_node(cluster, node):

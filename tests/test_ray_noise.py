@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from processes import descendants
 
 from cluster.worker import FAILURE_ENV
 
@@ -22,20 +23,6 @@ OTHER_RAY = """if True:
 """
 
 
-def descendants(pid):
-    children = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        kids = children.get(todo.pop(), [])
-        found += kids
-        todo += kids
-    return found
 
 
 @pytest.fixture
