@@ -53,7 +53,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from nvidia.dali.plugin.pytorch import LastBatchPolicy
+from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
 from pipeline import epoch_order
 from pipeline import manifest as mf
@@ -82,7 +82,7 @@ class EpochTiming:
 
 @dataclass
 class _EpochPipeline:
-    iterator: StreamOrderedIterator
+    iterator: DALIGenericIterator
     timing: EpochTiming
 
 
@@ -126,6 +126,8 @@ class DaliLoader:
         # decoder, the reader and Python need cores of their own. On CPU every core decodes.
         self.num_threads = options.num_threads or (max(1, min(8, cpus // 2)) if device == "cuda" else min(8, cpus))
         self.spec = self._spec(view, options, device)
+        # "host": DALI's own iterator, which waits on the host for each GPU batch (kept to measure the difference)
+        self._iterator_class = StreamOrderedIterator if options.handoff == "stream" else DALIGenericIterator
         self.epoch_timings = []  # EpochTiming per training epoch started
         self._eval_iter = None  # evaluation: one pipeline for the loader's lifetime
         self._prepared = None  # training: (epoch, Future of _EpochPipeline) being built in the background
@@ -222,7 +224,7 @@ class DaliLoader:
             # batch is made here, on a stream of this thread, and synchronised before another thread uses it.
             # The index files may go once it exists: the reader parsed them for it.
             with torch.cuda.stream(stream) if cuda else contextlib.nullcontext():
-                iterator = StreamOrderedIterator(pipe, OUTPUTS, prepare_first_batch=True)
+                iterator = self._iterator_class(pipe, OUTPUTS, prepare_first_batch=True)
             if cuda:
                 stream.synchronize()
         return _EpochPipeline(iterator, EpochTiming(epoch, False, t1 - t0, time.perf_counter() - t1))
@@ -232,8 +234,8 @@ class DaliLoader:
             pipe = dali_pipeline(self.tars, self.idxs, batch_size=self.batch_size, num_threads=self.num_threads,
                                  device_id=self.device_id, seed=self.seed, prefetch_queue_depth=self.options.prefetch,
                                  spec=self.spec, shard_id=self.shard_id, num_shards=self.num_shards)
-            self._eval_iter = StreamOrderedIterator(pipe, OUTPUTS, reader_name="reader",
-                                                    last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=False)
+            self._eval_iter = self._iterator_class(pipe, OUTPUTS, reader_name="reader",
+                                                   last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=False)
         else:
             self._eval_iter.reset()
         for batch in self._eval_iter:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 SHUFFLE_BUFFER = 16384  # samples; see pipeline/loader.py's docstring for the choice and its memory
 DTYPES = ("float32", "float16", "bfloat16")
+HANDOFFS = ("stream", "host")  # pipeline/handoff.py
 
 
 class View(enum.Enum):
@@ -44,6 +45,7 @@ class LoaderOptions:
     num_threads: int | None = None  # DALI's CPU threads (None: every core on CPU, half of them up to 8 with a GPU)
     initial_fill: int = SHUFFLE_BUFFER  # shuffle buffer, samples (capped by the rank's share)
     prefetch: int = 2  # batches DALI prepares ahead (prefetch_queue_depth); docs/BENCHMARKS.md has the measurement
+    handoff: str = "stream"  # GPU batches: "stream" ordered on torch's stream; "host" waits per batch (DALI's default)
     hw_decoder_load: float = 0.65  # share of the JPEGs the GPU's hardware decoder takes (mixed decode only)
     roi_decode: bool = True  # training on shards at scale: decode only the crop window
     preallocate: int | None = None  # mixed decoder's size hint in pixels (None: 2 x crop; 0: none)
@@ -70,6 +72,8 @@ class LoaderOptions:
             raise ValueError(f"resize {self.resize} is smaller than crop {self.crop}")
         if self.initial_fill < 1:
             raise ValueError(f"initial_fill (the shuffle buffer) must be >= 1 sample, got {self.initial_fill}")
+        if self.handoff not in HANDOFFS:
+            raise ValueError(f"handoff must be one of {', '.join(HANDOFFS)}, got {self.handoff!r}")
         if self.prefetch < 1:
             raise ValueError(f"prefetch (batches prepared ahead) must be >= 1, got {self.prefetch}")
         if self.random_resized_crop and not self.crop_flip:
