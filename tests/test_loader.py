@@ -324,5 +324,26 @@ def test_options_have_one_name_each_and_unknown_ones_are_named(demo_shards):
         make_loader(demo_shards, "train", 4, rrc=True)
     with pytest.raises(ValueError, match="prefetch"):
         make_loader(demo_shards, "train", 4, prefetch=0)
+    with pytest.raises(ValueError, match="handoff must be one of stream, host"):
+        make_loader(demo_shards, "train", 4, handoff="async")
     loader = make_loader(demo_shards, "val", 4, train=False, prefetch=3, crop=32)
     assert loader.options == LoaderOptions(prefetch=3, crop=32) and loader.view is View.CENTRE
+    # DALI's own iterator (a host wait per GPU batch) gives the same batches; on a CPU the two are the same path
+    host = make_loader(demo_shards, "train", 8, crop=32, seed=4, handoff="host")
+    stream = make_loader(demo_shards, "train", 8, crop=32, seed=4)
+    for a, b in zip(host, stream):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.gpu
+def test_gpu_batches_come_on_the_device_without_a_torch_host_sync(demo_shards):
+    loader = make_loader(demo_shards, "train", 8, crop=64, device="cuda", channels_last=True)
+    batches = iter(loader)
+    next(batches)  # the epoch's first batch was prepared (and synchronised) while the pipeline was built
+    torch.cuda.set_sync_debug_mode("error")  # any synchronising torch call in the hand-off raises
+    try:
+        images, labels, _ = next(batches)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert images.is_cuda and labels.is_cuda and images.is_contiguous(memory_format=torch.channels_last)
+    loader.close()
