@@ -18,7 +18,9 @@ listed --link-copies times by symbolic links, as benchmarks/loader_speed.py does
 epoch a new DALI pipeline (pipeline/loader.py). Per-epoch costs are reported apart: build (holds the GIL), first
 batch (index parse and buffer fill), the hand-over wait, and dropping the old pipeline (holds the GIL). img/s counts
 every batch after the first epoch's first against the wall time, epoch changes included.
-Target: fed >= 0.9 x min(loader, step) for both lengths (docs/BENCHMARKS.md has the measurements).
+--rounds rounds of (loader, step, fed) run back to back and the median round is reported, since on a shared machine
+the load moves more between minutes than the ratio does. Target: fed >= 0.9 x min(loader, step) for both lengths
+(docs/BENCHMARKS.md has the measurements).
 """
 import argparse
 import json
@@ -122,31 +124,41 @@ def run_step_alone(step, batches, batch, *, sync_every=0):
     return Run(batches * batch / wall, batches, 1e3 * wall / batches)
 
 
-def measure(data, args, name):
-    """Loader alone, step alone (at --step-ratio x the loader's batch time) and fed, on the shards at `data`."""
+def measure_round(data, args):
+    """Loader alone, then the step alone at --step-ratio x that loader's batch time, then fed: one round."""
     def loader():
         return make_loader(data, "train", args.batch_size, crop=args.crop, device=args.device,
                            device_id=0 if args.device == "cuda" else None, num_threads=args.threads,
                            prefetch=args.prefetch, channels_last=args.device == "cuda")
     ld = loader()
     alone = run(ld, args.epochs)
+    steps_per_epoch = len(ld)
     ld.close()
     step = Step(args.step_ratio * alone.batch_ms / 1e3, args.device)
     step_alone = run_step_alone(step, alone.batches, args.batch_size, sync_every=args.sync_every)
     ld = loader()
     fed = run(ld, args.epochs, step, sync_every=args.sync_every)
-    steps_per_epoch = len(ld)
     ld.close()
-    slower = min(alone.img_s, step_alone.img_s)
-    result = {"name": name, "steps_per_epoch": steps_per_epoch, "epochs": args.epochs,
-              "step_ms": round(1e3 * step.seconds, 3), "step_over_loader_batch": round(step.seconds * 1e3 /
-                                                                                       alone.batch_ms, 3),
-              "loader": asdict(alone), "step": asdict(step_alone), "fed": asdict(fed),
-              "fed_over_min": round(fed.img_s / slower, 4), "target": TARGET}
-    print(f"{name}: {steps_per_epoch} batches x {args.epochs} epochs: loader {alone.img_s:.0f} img/s, step "
-          f"{step_alone.img_s:.0f} ({result['step_ms']} ms), fed {fed.img_s:.0f} = {result['fed_over_min']:.3f} x "
-          f"the slower (target {TARGET}); per later epoch (s) loader alone {alone.per_epoch}, fed {fed.per_epoch}",
-          flush=True)
+    return {"steps_per_epoch": steps_per_epoch, "step_ms": round(1e3 * step.seconds, 3),
+            "step_over_loader_batch": round(step.seconds * 1e3 / alone.batch_ms, 3), "loader": asdict(alone),
+            "step": asdict(step_alone), "fed": asdict(fed),
+            "fed_over_min": round(fed.img_s / min(alone.img_s, step_alone.img_s), 4)}
+
+
+def measure(data, args, name):
+    """--rounds rounds of measure_round; the reported round is the median one by fed_over_min (the lower of the two
+    middle ones for an even count). Rounds, each measured back to back, pair the fed run with a loader measured at
+    about the same load: on a shared machine the load moves between minutes more than the ratio does."""
+    rounds = [measure_round(data, args) for _ in range(args.rounds)]
+    median = sorted(rounds, key=lambda r: r["fed_over_min"])[(len(rounds) - 1) // 2]
+    result = {"name": name, "epochs": args.epochs, **median, "target": TARGET,
+              "fed_over_min_per_round": [r["fed_over_min"] for r in rounds],
+              "loader_img_s_per_round": [round(r["loader"]["img_s"]) for r in rounds]}
+    alone, fed = median["loader"], median["fed"]
+    print(f"{name}: {median['steps_per_epoch']} batches x {args.epochs} epochs: loader {alone['img_s']:.0f} img/s, "
+          f"step {median['step']['img_s']:.0f} ({median['step_ms']} ms), fed {fed['img_s']:.0f} = "
+          f"{median['fed_over_min']:.3f} x the slower (target {TARGET}; per round {result['fed_over_min_per_round']});"
+          f" per later epoch (s) loader alone {alone['per_epoch']}, fed {fed['per_epoch']}", flush=True)
     return result
 
 
@@ -163,6 +175,8 @@ def get_args_parser():
     p.add_argument("--threads", type=int, default=None, help="DALI threads (default: the loader's own)")
     p.add_argument("--prefetch", type=int, default=2, help="batches DALI prepares ahead (default: 2, the loader's)")
     p.add_argument("--epochs", type=int, default=2, help="epochs per timed loop (default: 2: one epoch change)")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="rounds of loader alone, step alone, fed; the median round is reported (default: 2)")
     p.add_argument("--step-ratio", type=float, default=1.0,
                    help="the step's length over the loader's mean batch time (default: 1.0; the target asks 0.8-1.2)")
     p.add_argument("--link-copies", type=int, default=13,

@@ -93,9 +93,10 @@ def step_hw_decoder(ctx):
 def step_long_epochs(ctx):
     size = ctx.size
     out = ctx.args.out / "feed_long.json"
+    threads = [] if ctx.gpu else ["--threads", str(ctx.args.workers)]  # on a GPU: the loader's own default
     report = feed.main(["--data", str(ctx.data), "--device", "cuda" if ctx.gpu else "cpu", "-b",
                         str(size.long_batch), "--crop", str(size.crop), "--link-copies", str(size.long_copies),
-                        "--json", str(out)] + ([] if ctx.gpu else ["--threads", str(ctx.args.workers)]))
+                        "--rounds", "1", "--json", str(out)] + threads)
     result = {}
     for run in report["runs"]:
         name = run["name"]

@@ -26,7 +26,8 @@ class Sizes:
     lrn_check_batch: int  # conv1-shaped (N, 96, 55, 55) tensors for the LRN numerics
     compile_backend: str  # inductor on the GPU; tracing only on CPU, where inductor takes minutes per model
     launch_timeout: int  # seconds per cluster/launch.py case of the "launch" step
-    fed_batches: tuple  # fed_profile's batch sizes (handoff uses the last, hw_decoder the first)
+    fed_batches: tuple  # fed_profile's batch sizes (handoff uses the last, hw_decoder the first); the smoke run's is
+    # its whole training set, one step per epoch: each of its ~20 fed steps costs seconds on a CPU (SGD on 61M weights)
     lrn_step_eager: tuple  # lrn_step's LRN forms ("none": no LRN), eager
     lrn_step_compiled: tuple  # and compiled
     hw_loads: tuple  # hw_decoder's shares of JPEGs for the hardware decoder
@@ -47,7 +48,7 @@ SMOKE = Sizes(train_per_class=4, val_per_class=2, loader_batch=8, model_batch=4,
               variants=("torch_lrn", "fast_lrn"), compiled_variants=("compiled",),
               profile_variants=("torch_lrn", "fast_lrn"),
               profile_top=15, profile_steps=1, lrn_check_batch=2, compile_backend="aot_eager",
-              launch_timeout=400, fed_batches=(8,), lrn_step_eager=("none", "fast"), lrn_step_compiled=("fast",),
+              launch_timeout=400, fed_batches=(40,), lrn_step_eager=("none", "fast"), lrn_step_compiled=("fast",),
               hw_loads=(0.65,), long_batch=8, long_copies=2)
 
 

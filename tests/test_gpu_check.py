@@ -34,9 +34,9 @@ def test_gpu_check_smoke_runs_every_step(tmp_path):
     training = report["steps"]["training"]  # cluster/loop.py's step, 2 epochs of the smoke set
     assert training["steps_per_epoch"] > 0 and training["train_img_s"] > 0 and training["epoch2_loss"] > 0
     fed = report["steps"]["fed_profile"]  # the same replica, timed per part (no GPU: no busy share, no sync count)
-    assert fed["b8.steps_per_epoch"] == training["steps_per_epoch"] and not fed["b8.diverged"]
-    assert all(fed[f"b8.{k}_img_s"] > 0 for k in ("loader", "step", "fed", "decoupled"))
-    assert fed["b8.fed_over_min"] > 0 and fed["b8.host_syncs_in_fed_epoch"] is None and fed["top_kernels"]
+    assert fed["b40.steps_per_epoch"] == 1 and not fed["b40.diverged"]  # the smoke set's 40 images, one batch
+    assert all(fed[f"b40.{k}_img_s"] > 0 for k in ("loader", "step", "fed", "decoupled"))
+    assert fed["b40.fed_over_min"] > 0 and fed["b40.host_syncs_in_fed_epoch"] is None and fed["top_kernels"]
     assert 0 <= fed["profiled_batch_wait_ms_per_step"] < fed["profiled_wall_ms_per_step"]
     handoff = report["steps"]["handoff"]
     assert all(handoff[f"{h}.fed_img_s"] > 0 for h in ("stream_prefetch2", "stream_prefetch4", "host_prefetch2"))
