@@ -24,7 +24,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.profiling import top_rows
-from benchmarks.timing import time_loader
+from benchmarks.timing import sync
 from cluster.loop import LrSchedule, make_optimizer, train_one_epoch
 from cluster.recipe import PRESETS
 from model import AlexNet
@@ -131,6 +131,18 @@ def counting_host_syncs(fn, gpu):
     return out, sum("synchroniz" in str(w.message) for w in caught)
 
 
+def loader_epoch_img_s(loader, epoch):
+    """img/s of iterating one epoch of `loader` alone, timed as train_one_epoch times a step's epoch (its pipeline's
+    hand-over included, the device's work finished at the end)."""
+    loader.set_epoch(epoch)
+    n, images, start = 0, None, time.perf_counter()
+    for images, _, _ in loader:
+        n += images.shape[0]
+    if images is not None:
+        sync(images.device)
+    return n / (time.perf_counter() - start)
+
+
 def busy_us(intervals):
     """Length of the union of (start, end) intervals: time during which at least one of them ran."""
     total, end = 0.0, -math.inf
@@ -146,17 +158,17 @@ def fed_parts(ctx, batch, **replica_options):
     replica = FedReplica.build(ctx, batch, **replica_options)
     try:
         steps = len(replica.loader)
-        replica.epoch(0)  # warm-up: cuDNN's choices, the first pipeline
         fixed = replica.fixed_batch()
-        loader = time_loader(replica.loader, epochs=1, skip_batches=0)
+        replica.epoch(0)  # warm-up: cuDNN's choices; each later epoch's pipeline is prepared during the one before
+        loader_img_s = loader_epoch_img_s(replica.loader, 1)
         step = replica.epoch(1, FixedBatches(fixed, steps))
         timed = WaitTimer(replica.loader)
         fed, syncs = counting_host_syncs(lambda: replica.epoch(2, timed), ctx.gpu)
         decoupled = replica.epoch(3, FixedBatches(fixed, steps, replica.loader))
     finally:
         replica.loader.close()
-    slower = min(loader.img_s, step["images_per_second"])
-    return {"steps_per_epoch": steps, "loader_img_s": loader.img_s, "step_img_s": step["images_per_second"],
+    slower = min(loader_img_s, step["images_per_second"])
+    return {"steps_per_epoch": steps, "loader_img_s": loader_img_s, "step_img_s": step["images_per_second"],
             "fed_img_s": fed["images_per_second"], "decoupled_img_s": decoupled["images_per_second"],
             "fed_over_min": fed["images_per_second"] / slower,
             "decoupled_over_min": decoupled["images_per_second"] / slower,
