@@ -15,7 +15,7 @@ from model import compile_for_speed
 class Variant:
     name: str
     form: str = "split"  # "split": the paper's two columns, both on the one device; "single": grouped convolutions
-    lrn_impl: str = "fast"  # model/lrn.py's FastLocalResponseNorm, or "torch" (nn.LocalResponseNorm)
+    lrn_impl: str = "fast"  # model/lrn.py's make_lrn: "fast", "fused" or "torch" (nn.LocalResponseNorm)
     lrn: bool = True
     compile: bool = False
     compile_mode: str | None = None  # torch.compile's mode; "reduce-overhead" adds CUDA graphs
@@ -27,6 +27,7 @@ _VARIANTS = [
     Variant("torch_lrn", lrn_impl="torch"),  # the replica as it trained before the fast LRN
     Variant("fast_lrn"),
     Variant("fast_lrn_cudnn", cudnn_benchmark=True),
+    Variant("fused_lrn", lrn_impl="fused", cudnn_benchmark=True),  # the compiled LRN kernel in an eager model
     Variant("compiled", compile=True, cudnn_benchmark=True),
     Variant("compiled_torch_lrn", lrn_impl="torch", compile=True, cudnn_benchmark=True),  # is compile alone enough?
     Variant("cudagraphs", compile=True, compile_mode="reduce-overhead", cudnn_benchmark=True, gpu_only=True),

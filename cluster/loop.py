@@ -151,18 +151,22 @@ def training_augmentation(cfg):
 def loader_settings(cfg, rank, world, device):
     """What every loader of this rank shares (training, --test-only): its shard, the crop, and the run's declared
     inputs and preprocessing."""
+    cuda = device.type == "cuda"
+    # channels_last on a GPU: the loader's NHWC memory is what the model wants, so the loop's conversion is free
     return dict(shard_id=rank, num_shards=world, crop=cfg.crop, seed=cfg.seed, normalize=cfg.normalize,
-                central_square=cfg.central_square, device="cuda" if device.type == "cuda" else "cpu",
-                device_id=device.index if device.type == "cuda" else None, num_threads=cfg.threads)
+                central_square=cfg.central_square, device="cuda" if cuda else "cpu",
+                device_id=device.index if cuda else None, num_threads=cfg.threads, channels_last=cuda,
+                prefetch=cfg.prefetch)
 
 
-def make_optimizer(model, lr, momentum, wd, *, decay_biases):
+def make_optimizer(model, lr, momentum, wd, *, decay_biases, fused=False):
     """SGD with momentum. decay_biases=False decays the weights only, as cuda-convnet (the paper's code) did: its
-    layers had a weight decay for weights and none for biases."""
+    layers had a weight decay for weights and none for biases. fused=True: torch's fused kernel (the same update,
+    fewer launches; every parameter must be on one kind of device), which the GPU check compares with the default."""
     decayed = [p for p in model.parameters() if decay_biases or p.dim() > 1]
     kept = [p for p in model.parameters() if not (decay_biases or p.dim() > 1)]
     groups = [{"params": decayed, "weight_decay": wd}] + ([{"params": kept, "weight_decay": 0.0}] if kept else [])
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, **({"fused": True} if fused else {}))
 
 
 def set_lr(opt, lr):
@@ -195,6 +199,8 @@ def train_one_epoch(model, opt, loader, *, epoch, schedule, peak_lr, device, amp
         if before_step is not None:
             before_step(epoch, step)
         set_lr(opt, schedule.lr(peak_lr, epoch, step / steps))
+        # On a GPU the loader hands both over on this stream already, in channels_last: these are then no-ops.
+        # No host sync per step (tests/test_hot_loop_syncs.py): sums stay on the device until the print interval.
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         if device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)

@@ -132,6 +132,9 @@ class TrainConfig:
                                     "fp32)", group=SPEED, choices=GRAD_COMPRESSIONS, absent="none")
     threads: int = setting(None, "CPU threads per worker for DALI and torch", "-j", "--threads", group=SPEED,
                            default_text="its CPUs", resumable=True)
+    prefetch: int = setting(2, "batches each loader prepares ahead (DALI's prefetch queue depth); more smooths a "
+                            "decode that varies from batch to batch, at the cost of GPU memory", group=SPEED,
+                            resumable=True, absent=2)
     # the run, its outputs and checkpoints
     seed: int = setting(0, "data order and augmentation seed", group=RUN)
     output_dir: str = setting("runs", "where runs go", group=RUN, parse=Path)

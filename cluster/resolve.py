@@ -149,7 +149,7 @@ def resumed_config(args, explicit):
 
 def check(cfg, manifest):
     check_paths(cfg)
-    for name in ("workers", "min_workers", "batch_size", "epochs", "crop", "print_freq"):
+    for name in ("workers", "min_workers", "batch_size", "epochs", "crop", "print_freq", "prefetch"):
         if getattr(cfg, name) < 1:
             raise LaunchError(f"{flag_name(name)} must be >= 1, got {getattr(cfg, name)}")
     if cfg.min_workers > cfg.workers:

@@ -1,5 +1,7 @@
-"""GPU validation in one run, most important first: cluster/launch.py through Ray on the GPU, the loader, the split
-model's speed, one replica training on the loader, correctness, then the profile and the compiled variants.
+"""GPU validation in one run, most important first: one replica fed by the loader against its parts with a decoupled
+control (fed_profile), the hand-off and prefetch depth, the LRN's share of the training step (eager and compiled),
+the hardware decoder's share while training, long epochs; then the loader, the split model's speed, training,
+correctness, cluster/launch.py through Ray, and the variants, profile and compiled forms.
 
     python -m gpu_check --out results/                 # on a GPU node: everything (see --plan-only)
     python -m gpu_check --out r/ --budget-s 270        # only what fits in 270 s; says what it skipped
@@ -29,6 +31,7 @@ import torch
 from benchmarks.profiling import markdown_table
 from benchmarks.timing import loader_images_per_second, time_loader
 from gpu_check.fed import FedReplica, step_fed_profile
+from gpu_check.feed_steps import step_handoff, step_hw_decoder, step_long_epochs, step_lrn_step
 from gpu_check.launch_step import step_launch
 from gpu_check.model_steps import (
     step_compiled_variants,
@@ -200,15 +203,20 @@ def markdown(report):
 
 STEPS = [  # priority order: under --budget-s the first ones run, what does not fit is skipped
     Step("shards", step_shards),
-    Step("launch", step_launch, needs_data=True),  # the real launcher through Ray (a GPU node may lack Ray)
+    # (1)-(5) answer whether a replica is fed at >= 90% of its slower part, and where the time goes if not
+    Step("fed_profile", step_fed_profile, needs_data=True),  # loader, step, fed, decoupled control, syncs, profile
+    Step("handoff", step_handoff, needs_data=True),  # stream-ordered vs host wait per batch, prefetch 2 vs 4
+    Step("lrn_step", step_lrn_step),  # the training step with each LRN vs none, eager and compiled; fused SGD
+    Step("hw_decoder", step_hw_decoder, needs_data=True),  # the hardware decoder's share, while training
+    Step("long_epochs", step_long_epochs, needs_data=True),  # benchmarks/feed.py on >= 1,000-batch epochs
     Step("loader", step_loader, needs_data=True),
     Step("model", step_model),
     Step("training", step_training, needs_data=True),
-    Step("fed_profile", step_fed_profile, needs_data=True),  # why the fed replica is slower than loader and model
     Step("correctness", step_correctness, needs_data=True),
-    Step("gpu_tests", step_gpu_tests, gpu_only=True),
-    Step("model_variants", step_model_variants),
     Step("lrn_numerics", step_lrn_numerics),
+    Step("gpu_tests", step_gpu_tests, gpu_only=True),
+    Step("launch", step_launch, needs_data=True),  # the real launcher through Ray (a GPU node may lack Ray)
+    Step("model_variants", step_model_variants),
     Step("profile", step_profile),
     Step("compiled_variants", step_compiled_variants),
 ]

@@ -1,24 +1,30 @@
-"""One replica fed by the loader, for gpu_check/check.py: the replica both the `training` and the `fed_profile` steps
-train (FedReplica), and `fed_profile`, which says where a fed step's time goes.
+"""One replica fed by the loader, for gpu_check/check.py: the replica the `training`, `fed_profile`, `handoff` and
+`hw_decoder` steps train (FedReplica), and `fed_profile`, which says where a fed step's time goes.
 
 Why fed_profile exists: on a GPU the fed replica has run at about the rate that the loader's and the model's times
 added up would give, consistent with loading and training not overlapping at all (docs/BENCHMARKS.md, "One replica
-fed by the loader"). Two explanations fit. The mixed
-decoder's kernels may share the GPU's SMs with training (then the GPU is busy all the time and the kernel table
-shows DALI's kernels taking the difference), or the step may wait for each batch on the host (then the GPU idles
-while the host waits in the loader). The step measures both: the host's time blocked in the loader per step, and
-how much of the wall time the GPU was busy (the union of all kernel and copy intervals, DALI's included: they run
-in this process). Read gpu_busy_fraction first: CUDA runs asynchronously, so a host blocked in the loader does not
-by itself mean an idle GPU; and the profiler slows the host, so the fraction reads low if anything.
+fed by the loader"), each measured at another batch size. Here every part is measured at the same batch, in
+the same run, each a full training step (forward, backward, SGD) through cluster/loop.py's train_one_epoch:
+- loader alone, step alone (the model stepped on one fixed batch), fed, and fed_over_min = fed / min of the two;
+- the decoupled control: the loader iterated and the model stepped on the fixed batch in the same loop. Near fed:
+  the two compete (for the GPU's SMs, copy engines or the host), the batch's hand-off is not the cost; near
+  min(loader, step) while fed is lower: the hand-off (a host wait per batch, or ordering) is;
+- host syncs: the fed epoch runs under torch.cuda.set_sync_debug_mode("warn"), every host sync it makes counted
+  (the loop's end makes 2: its loss and error sums);
+- a profiled fed epoch at the first batch size: how much of the wall time the GPU was busy (DALI's kernels
+  included) and the top kernels. Read gpu_busy_fraction first: the profiler slows the host, so it reads low if
+  anything.
 """
 import math
 import time
+import warnings
 from dataclasses import dataclass
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.profiling import top_rows
+from benchmarks.timing import sync
 from cluster.build_model import build_model
 from cluster.loop import LrSchedule, make_optimizer, train_one_epoch
 from cluster.recipe import PRESETS, preset_config
@@ -40,17 +46,18 @@ class FedReplica:
     diverged: bool = False
 
     @classmethod
-    def build(cls, ctx):
+    def build(cls, ctx, batch=None, *, lrn_impl="fast", fused_sgd=False, **loader_options):
         from pipeline.loader import make_loader
         size, gpu = ctx.size, ctx.gpu
+        batch = batch or size.train_batch
         dev = torch.device("cuda:0" if gpu else "cpu")
-        loader = make_loader(ctx.data, "train", size.train_batch, device="cuda" if gpu else "cpu",
-                             device_id=0 if gpu else None, crop=size.crop)
+        loader = make_loader(ctx.data, "train", batch, device="cuda" if gpu else "cpu", device_id=0 if gpu else None,
+                             crop=size.crop, channels_last=gpu, **loader_options)
         paper = PRESETS["paper"]
-        model = build_model(preset_config("paper", num_classes=1000)).place(dev, dev)
+        model = build_model(preset_config("paper", num_classes=1000), lrn_impl=lrn_impl).place(dev, dev)
         model = model.to(memory_format=torch.channels_last)
-        lr = paper.base_lr * size.train_batch / 128
-        opt = make_optimizer(model, lr, momentum=0.9, wd=5e-4, decay_biases=paper.decay_biases)
+        lr = paper.base_lr * batch / 128
+        opt = make_optimizer(model, lr, momentum=0.9, wd=5e-4, decay_biases=paper.decay_biases, fused=fused_sgd)
         schedule = LrSchedule(base_lr=lr, warmup_epochs=0, warmup_steps=paper.warmup_steps,
                               steps_per_epoch=len(loader))
         return cls(loader, model, opt, schedule, lr, dev, gpu)
@@ -62,6 +69,30 @@ class FedReplica:
                             schedule=self.schedule, peak_lr=self.lr, device=self.device, amp=self.amp)
         self.diverged = self.diverged or not math.isfinite(m["train_loss"])
         return m
+
+    def fixed_batch(self):
+        """One batch of the loader's, kept on the device: what the step-alone and decoupled runs train on."""
+        images, labels, indices = next(iter(self.loader))
+        return images.clone(), labels.clone(), indices.clone()
+
+
+class FixedBatches:
+    """A loader-like sequence: `batch` `steps` times (the step alone), or, wrapping `loader`, the loader's batches
+    fetched but `batch` returned (the decoupled control)."""
+
+    def __init__(self, batch, steps, loader=None):
+        self.batch, self.steps, self.loader = batch, steps, loader
+
+    def __len__(self):
+        return self.steps
+
+    def __iter__(self):
+        if self.loader is None:
+            for _ in range(self.steps):
+                yield self.batch
+            return
+        for _ in self.loader:
+            yield self.batch
 
 
 class WaitTimer:
@@ -86,6 +117,33 @@ class WaitTimer:
             yield batch
 
 
+def counting_host_syncs(fn, gpu):
+    """(fn(), host syncs it made): torch.cuda.set_sync_debug_mode("warn") warns at every synchronising call; on a
+    CPU there is nothing to count (None)."""
+    if not gpu:
+        return fn(), None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            out = fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return out, sum("synchroniz" in str(w.message) for w in caught)
+
+
+def loader_epoch_img_s(loader, epoch):
+    """img/s of iterating one epoch of `loader` alone, timed as train_one_epoch times a step's epoch (its pipeline's
+    hand-over included, the device's work finished at the end)."""
+    loader.set_epoch(epoch)
+    n, images, start = 0, None, time.perf_counter()
+    for images, _, _ in loader:
+        n += images.shape[0]
+    if images is not None:
+        sync(images.device)
+    return n / (time.perf_counter() - start)
+
+
 def busy_us(intervals):
     """Length of the union of (start, end) intervals: time during which at least one of them ran."""
     total, end = 0.0, -math.inf
@@ -96,31 +154,46 @@ def busy_us(intervals):
     return total
 
 
-def step_fed_profile(ctx):
-    """Epoch 1 warms up; epoch 2 is timed without the profiler (img/s, host wait per step); epoch 3 runs under
-    torch.profiler (the GPU's busy time per step, the top kernels, DALI's among them)."""
-    replica = FedReplica.build(ctx)
+def fed_parts(ctx, batch, **replica_options):
+    """Loader alone, step alone, fed, decoupled and host syncs at one batch size (see the module docstring)."""
+    replica = FedReplica.build(ctx, batch, **replica_options)
     try:
-        replica.epoch(0)
-        timed = WaitTimer(replica.loader)
-        start = time.perf_counter()
-        m = replica.epoch(1, timed)
-        wall = time.perf_counter() - start
         steps = len(replica.loader)
-        gpu = ctx.gpu
-        profiled = WaitTimer(replica.loader)
-        with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])) as prof:
-            t0 = time.perf_counter()
-            replica.epoch(2, profiled)  # ends with a .item(): the GPU's work is done when it returns
-            profiled_wall = time.perf_counter() - t0
+        fixed = replica.fixed_batch()
+        replica.epoch(0)  # warm-up: cuDNN's choices; each later epoch's pipeline is prepared during the one before
+        loader_img_s = loader_epoch_img_s(replica.loader, 1)
+        step = replica.epoch(1, FixedBatches(fixed, steps))
+        timed = WaitTimer(replica.loader)
+        fed, syncs = counting_host_syncs(lambda: replica.epoch(2, timed), ctx.gpu)
+        decoupled = replica.epoch(3, FixedBatches(fixed, steps, replica.loader))
     finally:
         replica.loader.close()
-    result = {"steps_per_epoch": steps, "img_s": m["images_per_second"], "wall_ms_per_step": 1e3 * wall / steps,
-              "batch_wait_ms_per_step": 1e3 * timed.wait_s / steps,
-              "profiled_wall_ms_per_step": 1e3 * profiled_wall / steps,
-              "profiled_batch_wait_ms_per_step": 1e3 * profiled.wait_s / steps, "diverged": replica.diverged}
-    top, total_ms = top_rows(prof, steps, gpu, ctx.size.profile_top)
-    if gpu:
+    slower = min(loader_img_s, step["images_per_second"])
+    return {"steps_per_epoch": steps, "loader_img_s": loader_img_s, "step_img_s": step["images_per_second"],
+            "fed_img_s": fed["images_per_second"], "decoupled_img_s": decoupled["images_per_second"],
+            "fed_over_min": fed["images_per_second"] / slower,
+            "decoupled_over_min": decoupled["images_per_second"] / slower,
+            "batch_wait_ms_per_step": 1e3 * timed.wait_s / steps, "host_syncs_in_fed_epoch": syncs,
+            "diverged": replica.diverged}
+
+
+def profiled_epoch(ctx, batch):
+    """A fed epoch under torch.profiler: the GPU's busy time per step and the top kernels (CPU ops on a CPU)."""
+    replica = FedReplica.build(ctx, batch)
+    try:
+        replica.epoch(0)
+        steps = len(replica.loader)
+        profiled = WaitTimer(replica.loader)
+        with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if ctx.gpu else [])) as prof:
+            t0 = time.perf_counter()
+            replica.epoch(1, profiled)  # ends with a .item(): the GPU's work is done when it returns
+            wall = time.perf_counter() - t0
+    finally:
+        replica.loader.close()
+    result = {"profiled_wall_ms_per_step": 1e3 * wall / steps,
+              "profiled_batch_wait_ms_per_step": 1e3 * profiled.wait_s / steps}
+    top, total_ms = top_rows(prof, steps, ctx.gpu, ctx.size.profile_top)
+    if ctx.gpu:
         # kernels, copies and memsets; not the annotations (record_function spans such as Optimizer.step, which
         # also carry the CUDA device type and cover the gaps between their kernels)
         device_events = [e for e in prof.events()
@@ -128,4 +201,14 @@ def step_fed_profile(ctx):
         busy = busy_us((e.time_range.start, e.time_range.end) for e in device_events) / 1e3 / steps
         result.update(gpu_busy_ms_per_step=busy, gpu_busy_fraction=busy / result["profiled_wall_ms_per_step"])
     result.update(kernel_ms_per_step=total_ms, top_kernels=[r.__dict__ for r in top])
+    return result
+
+
+def step_fed_profile(ctx):
+    """fed_parts at each of the check's fed batch sizes (flattened as "b128.fed_img_s", ...), then one profiled fed
+    epoch at the first."""
+    result = {}
+    for batch in ctx.size.fed_batches:
+        result.update({f"b{batch}.{k}": v for k, v in fed_parts(ctx, batch).items()})
+    result.update(profiled_epoch(ctx, ctx.size.fed_batches[0]))
     return result

@@ -8,11 +8,14 @@ from pathlib import Path
 RECORDS = Path(__file__).resolve().parent / "records"
 # Seconds on one H100/H200 for the steps no record has timed yet: a guess, replaced by the recorded time as soon as
 # a run records the step. Basis: launch = 3 cases x (Ray start, 2 epochs of 10,000 images, eval) ~60 s each;
-# model_variants = 4 eager variants x 2 repeats x 23 steps at batch 256 and ~8k img/s; ~60 s per inductor compile of
-# the split net (compiled_variants compiles 3, the profile 1); lrn_numerics compiles the LRN alone; fed_profile =
-# 3 epochs of the `training` step's ~5 s, a fresh model's cuDNN autotuning, a profiled epoch and its parsing.
-UNMEASURED_GUESS_S = {"launch": 180.0, "model_variants": 20.0, "lrn_numerics": 30.0, "profile": 90.0,
-                      "compiled_variants": 200.0, "fed_profile": 40.0}
+# model_variants = 5 eager variants x 2 repeats x 23 steps at batch 256 and ~8k img/s; ~60 s per inductor compile of
+# the split net (compiled_variants compiles 3, the profile 1, lrn_step 2); lrn_numerics compiles the LRN alone;
+# a fed run (fed_parts) = a replica's build and cuDNN autotuning (~5 s) + 4 epochs of 10,000 images at ~10k img/s:
+# fed_profile = 2 of them + a profiled epoch and its parsing, handoff = 3, hw_decoder = 3; long_epochs = benchmarks/
+# feed.py's loader, step and fed over 2 epochs of 260k linked samples each at ~15k img/s, and the short set's.
+UNMEASURED_GUESS_S = {"launch": 180.0, "model_variants": 25.0, "lrn_numerics": 30.0, "profile": 90.0,
+                      "compiled_variants": 200.0, "fed_profile": 45.0, "handoff": 35.0, "lrn_step": 150.0,
+                      "hw_decoder": 35.0, "long_epochs": 120.0}
 # Added to a step since the records timed it: "model" now also times batch 256 (~1.5x its batch-128 timing);
 # "training" now runs 2 epochs of cluster/loop.py's step (156 steps at batch 128) where the records ran 60 steps.
 ADDED_SINCE_RECORDS_S = {"model": 5.0, "training": 5.0}

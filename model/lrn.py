@@ -15,8 +15,15 @@ more pass over the activation, and autograd differentiates every link of it. Her
 - a hand-written backward reuses the saved denominator d and d^-beta instead of re-deriving the chain:
       dL/dx_i = g_i d_i^-beta - 2 beta x_i sum_{c: i in window(c)} (alpha/n) g_c x_c d_c^(-beta-1)
   which is one more window sum (the transposed band) and a few pointwise ops.
-Under ``torch.compile`` the forward is instead written as a sum of shifted slices, which inductor fuses with the
-pointwise ops into a kernel or two (it cannot fuse across a matrix product), and autograd derives the backward.
+Under ``torch.compile`` (a compiled model) the same closed-form backward is used, with both window sums written as
+sums of shifted slices (_ShiftedLRN), which inductor fuses with the pointwise ops into one kernel each way. Letting
+autograd derive the backward of the slice form instead (as before) made inductor emit a slice_backward kernel per
+shift: on the 2026-11-30 H200 those kernels were the largest of the compiled step (docs/BENCHMARKS.md).
+``lrn_impl="fused"`` runs that compiled LRN kernel inside an eager model (the GPU check compares it with the others).
+
+ONNX: while exporting, the forward is the slice form in plain torch ops (pad, slice, add, mul, pow): the exported
+graph computes the same arithmetic. (torch's nn.LocalResponseNorm does not export as ONNX's LRN operator either: it
+exports as its chain of Pad / AveragePool / Pow / Div.)
 
 Numerics: the window sum and the power are computed in float32 (float64 for float64 input) whatever the input
 dtype, and the result is returned in the input's dtype. Under bf16 autocast torch's version sums the squares in
@@ -83,21 +90,64 @@ class _BandLRN(torch.autograd.Function):
         return grad_x.to(x.dtype), None, None, None, None
 
 
-def lrn_shifted(x, size, alpha, beta, k, groups=1):
-    """The same LRN as a sum of shifted slices of the padded squares: what torch.compile fuses well."""
-    n, c, h, w = x.shape
-    x32 = x.to(_compute_dtype(x.dtype))
-    sq = (x32 * x32).view(n, groups, c // groups, h, w)
-    padded = nn.functional.pad(sq, (0, 0, 0, 0, size // 2, (size - 1) // 2))
+def _shifted_window_sum(t, size, groups, transpose=False):
+    """sum of t over each channel's window (zero-padded at the edges of each of `groups` blocks), as shifted slices.
+    transpose: the adjoint window, sum over the channels c whose window holds i (what the backward needs)."""
+    n, c, h, w = t.shape
     block = c // groups
-    total = sum(padded[:, :, i:i + block] for i in range(size))
-    d = total.view(n, c, h, w) * (alpha / size) + k
+    before, after = size // 2, (size - 1) // 2
+    if transpose:
+        before, after = after, before
+    padded = nn.functional.pad(t.view(n, groups, block, h, w), (0, 0, 0, 0, before, after))
+    return sum(padded[:, :, i:i + block] for i in range(size)).view(n, c, h, w)
+
+
+def lrn_shifted(x, size, alpha, beta, k, groups=1):
+    """The LRN as a sum of shifted slices of the squares in plain torch ops: what ONNX export records."""
+    x32 = x.to(_compute_dtype(x.dtype))
+    d = _shifted_window_sum(x32 * x32, size, groups) * (alpha / size) + k
     return (x32 * d.pow(-beta)).to(x.dtype)
+
+
+class _ShiftedLRN(torch.autograd.Function):
+    """The LRN with its closed-form backward, both window sums as shifted slices: inductor fuses each direction into
+    pointwise kernels. Saves only x (d is recomputed inside the fused backward: one read instead of two)."""
+
+    @staticmethod
+    def forward(ctx, x, size, alpha, beta, k, groups):
+        ctx.save_for_backward(x)
+        ctx.args = (size, alpha, beta, k, groups)
+        return lrn_shifted(x, size, alpha, beta, k, groups)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        size, alpha, beta, k, groups = ctx.args
+        x32, g = x.to(_compute_dtype(x.dtype)), grad.to(_compute_dtype(x.dtype))
+        d = _shifted_window_sum(x32 * x32, size, groups) * (alpha / size) + k
+        gp = g * d.pow(-beta)
+        back = _shifted_window_sum(gp * x32 / d, size, groups, transpose=True)
+        return (gp - (2.0 * beta * alpha / size) * x32 * back).to(x.dtype), None, None, None, None, None
+
+
+def _shifted_lrn(x, size, alpha, beta, k, groups):
+    return _ShiftedLRN.apply(x, size, alpha, beta, k, groups)
+
+
+@functools.cache
+def _compiled_shifted_lrn():
+    """The shifted LRN compiled on its own (its forward and backward kernels), for an eager model: compiled on
+    first use, once per input shape until shapes are marked dynamic."""
+    return torch.compile(_shifted_lrn, fullgraph=True)
 
 
 class FastLocalResponseNorm(nn.Module):
     """Drop-in for ``nn.LocalResponseNorm(size, alpha, beta, k)`` on NCHW input (same alpha convention), plus
-    ``groups``. Holds no state: one instance serves columns on different devices."""
+    ``groups``. Holds no state: one instance serves columns on different devices. Eager: the banded matrix product;
+    compiled: the fused shifted form (both with the closed-form backward)."""
+
+    fused = False
 
     def __init__(self, size, alpha=1e-4, beta=0.75, k=1.0, groups=1):
         super().__init__()
@@ -109,8 +159,13 @@ class FastLocalResponseNorm(nn.Module):
         if x.dim() != 4 or x.shape[1] % self.groups:
             raise ValueError(f"FastLocalResponseNorm needs NCHW input with channels divisible by groups="
                              f"{self.groups}, got shape {tuple(x.shape)}")
+        args = (self.size, self.alpha, self.beta, self.k, self.groups)
+        if torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting():
+            return lrn_shifted(x, *args)
         if torch.compiler.is_compiling():
-            return lrn_shifted(x, self.size, self.alpha, self.beta, self.k, self.groups)
+            return _shifted_lrn(x, *args)
+        if self.fused:
+            return _compiled_shifted_lrn()(x, *args)
         channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
         if not channels_last:
             x = x.contiguous()
@@ -136,11 +191,18 @@ class GroupedLocalResponseNorm(nn.Module):
         return torch.cat([self.norm(part) for part in x.chunk(self.groups, dim=1)], dim=1)
 
 
-LRN_IMPLS = {"fast": FastLocalResponseNorm, "torch": GroupedLocalResponseNorm}
+class FusedLocalResponseNorm(FastLocalResponseNorm):
+    """FastLocalResponseNorm whose eager forward runs the compiled shifted form (fused kernels in an eager model;
+    the first call per shape compiles)."""
+
+    fused = True
+
+
+LRN_IMPLS = {"fast": FastLocalResponseNorm, "fused": FusedLocalResponseNorm, "torch": GroupedLocalResponseNorm}
 
 
 def make_lrn(impl, size, alpha, beta, k, groups=1):
-    """The LRN module named by `impl` ("fast" or "torch"), alpha in torch's convention (divided by size)."""
+    """The LRN module named by `impl` ("fast", "fused" or "torch"), alpha in torch's convention (divided by size)."""
     if impl not in LRN_IMPLS:
         raise ValueError(f"lrn_impl must be one of {sorted(LRN_IMPLS)}, got {impl!r}")
     return LRN_IMPLS[impl](size, alpha, beta, k, groups)

@@ -34,6 +34,11 @@ hold the GIL and stall training. Per epoch, build() and dropping the old pipelin
 GPU memory) still hold the GIL (their cost per epoch is in docs/BENCHMARKS.md, same section). `epoch_timings`
 records them and the wait per epoch. A jump to another epoch builds synchronously.
 
+Views and options: the view (training, centre, ten patches) and LoaderOptions, one name per option, are declared in
+pipeline/loader_options.py; make_loader's `train`/`ten_crop` name the view, its other keywords are the options. The
+DALI graph is pipeline/dali_pipeline.py. On a GPU the batch (images and labels) is ordered on torch's current stream
+without a host wait per batch (pipeline/handoff.py); `prefetch` batches are prepared ahead.
+
 Evaluation: each of `num_shards` loaders reads its own fixed contiguous part of the split (DALI's reader split by
 sample count), padded to whole batches with the padding trimmed, so all loaders together see every sample exactly
 once; its pipeline lives for the loader's lifetime.
@@ -48,84 +53,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
 from pipeline import epoch_order, shard_watch
 from pipeline import manifest as mf
+from pipeline.dali_pipeline import PipelineSpec, dali_pipeline
 from pipeline.epoch_order import shard_range
+from pipeline.handoff import StreamOrderedIterator
+from pipeline.loader_options import SHUFFLE_BUFFER, LoaderOptions, View  # noqa: F401 (SHUFFLE_BUFFER: re-exported)
 from pipeline.stats import input_normalization
 
 OUTPUTS = ["images", "labels", "indices"]
-TEN_CROP_POSITIONS = [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (0.5, 0.5)]  # corners, then centre
-SHUFFLE_BUFFER = 16384  # samples; see the module docstring for the choice and its memory
-
-
-def _lighting_mean(mean, stats, strength):
-    """Fold the paper's PCA lighting noise into a per-image mean: (x + d - mean) / std == (x - (mean - d)) / std,
-    with d = eigvec @ (alpha * eigval) and alpha ~ N(0, strength) drawn per image and per use.
-
-    d is in grey levels, added to the 0-255 pixels before any normalisation, so it is the same noise under either
-    input normalisation. Its size: the paper's formula with the eigenvalues of the covariance of pixel values on the
-    0-1 scale (as fb.resnet.torch and others read it), converted to grey levels: d = 255 * V @ (alpha * eigval / 255^2)
-    with the manifest's 0-255 eigenvalues. For ImageNet (largest 0-1 eigenvalue ~0.22) one alpha of 0.1 is ~5.5 grey
-    levels. Read literally on the 0-255 scale (eigval ~14,000) it would be ~1,400 grey levels, more than the range."""
-    alpha = fn.random.normal(shape=[3], stddev=strength)
-    vec, val = np.asarray(stats["eigvec"]), np.asarray(stats["eigval"]) / 255.0
-    shifted = []
-    for c in range(3):
-        delta = sum(float(vec[c, j] * val[j]) * alpha[j] for j in range(3))
-        shifted.append(float(mean[c]) - delta)
-    return fn.stack(*shifted)
-
-
-@pipeline_def
-def _pipeline(tars, idxs, *, mixed, train, crop, resize, ten_crop, rrc, shard_id, num_shards, stats, lighting,
-              half, initial_fill, hw_decoder_load, roi_decode, preallocate, crop_flip, normalize, square):
-    # Training: the reader gets only this epoch's stretch of this rank (shard 0 of 1), parsed lazily so that the
-    # parse runs in DALI's threads, not under the GIL in build(). Evaluation: a fixed part, padded to whole batches.
-    # tensor_init_bytes=0: the default reserves 1 MB per output of each buffered sample, which memory-mapped samples
-    # never use and which makes dropping a pipeline (under the GIL) slower (docs/BENCHMARKS.md).
-    jpegs, labels, indices = fn.readers.webdataset(
-        paths=tars, index_paths=idxs, ext=["jpg", "cls64", "idx64"],
-        dtypes=[types.UINT8, types.INT64, types.INT64], missing_component_behavior="error",
-        shard_id=shard_id, num_shards=num_shards, stick_to_shard=not train, pad_last_batch=not train,
-        random_shuffle=train, initial_fill=initial_fill, lazy_init=train, tensor_init_bytes=0, name="reader")
-    # The mixed decoder still Huffman-decodes on CPU threads; the hints only avoid reallocations.
-    hints = dict(preallocate_width_hint=preallocate, preallocate_height_hint=preallocate) if preallocate else {}
-    decode = dict(device="mixed", hw_decoder_load=hw_decoder_load, **hints) if mixed else dict(device="cpu")
-    mean, std = input_normalization(stats, normalize)
-    dtype = types.FLOAT16 if half else types.FLOAT
-    # Without crop_flip (the ablation's "no augmentation"): the centre crop, never mirrored; no random ops are made.
-    random_pos = (dict(crop_pos_x=fn.random.uniform(range=(0.0, 1.0)), crop_pos_y=fn.random.uniform(range=(0.0, 1.0)))
-                  if crop_flip else dict(crop_pos_x=0.5, crop_pos_y=0.5))
-    if train and rrc:  # the modern alternative: random-resized crop (Inception-style), decoded only where cropped
-        images = fn.decoders.image_random_crop(jpegs, output_type=types.RGB, random_area=[0.08, 1.0],
-                                               random_aspect_ratio=[3 / 4, 4 / 3], **decode)
-        images = fn.resize(images, resize_x=crop, resize_y=crop)
-    elif train and roi_decode and not resize and not square:
-        # The shards are already at scale: decode only the random crop window (~40% fewer pixels for 224 of 256);
-        # the crop below is then the whole image.
-        images = fn.decoders.image_crop(jpegs, output_type=types.RGB, crop=(crop, crop), **random_pos, **decode)
-    elif square and (train or ten_crop) and not resize:  # at scale already: decode the central square only
-        images = fn.decoders.image_crop(jpegs, output_type=types.RGB, crop=(square, square), **decode)
-    else:
-        images = fn.decoders.image(jpegs, output_type=types.RGB, **decode)
-        if resize:
-            images = fn.resize(images, resize_shorter=resize)
-        if square and (train or ten_crop):  # the centre crop is the same with or without the square
-            images = fn.crop(images, crop=(square, square), out_of_bounds_policy="pad")
-    normalise = dict(crop=(crop, crop), std=std, dtype=dtype, output_layout="CHW", out_of_bounds_policy="pad")
-    if train:
-        out = fn.crop_mirror_normalize(
-            images, mirror=fn.random.coin_flip(probability=0.5) if crop_flip else 0, **random_pos,
-            mean=_lighting_mean(mean, stats, lighting) if lighting > 0 else mean, **normalise)
-    elif ten_crop:
-        out = fn.stack(*[fn.crop_mirror_normalize(images, crop_pos_x=x, crop_pos_y=y, mirror=m, mean=mean, **normalise)
-                         for x, y in TEN_CROP_POSITIONS for m in (0, 1)])
-    else:
-        out = fn.crop_mirror_normalize(images, mean=mean, **normalise)
-    return out, labels, indices
 
 
 @dataclass
@@ -151,29 +89,18 @@ class _EpochPipeline:
 class DaliLoader:
     """Iterable of (images, labels, indices) batches for one worker's shard; see the module docstring."""
 
-    def __init__(self, data_dir, split, batch_size, *, shard_id=0, num_shards=1, device="cpu", device_id=None,
-                 train=True, crop=224, resize=None, ten_crop=False, random_resized_crop=False, lighting=0.1,
-                 dtype="float32", seed=0, epoch=0, num_threads=None, initial_fill=SHUFFLE_BUFFER, verify=False,
-                 hw_decoder_load=0.65, prefetch=2, roi_decode=True, preallocate=None, crop_flip=True,
-                 normalize="paper", central_square=False):
+    def __init__(self, data_dir, split, batch_size, *, view=View.TRAINING, options=LoaderOptions(), shard_id=0,
+                 num_shards=1, device="cpu", device_id=None, epoch=0):
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-        if dtype not in ("float32", "float16", "bfloat16"):
-            raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}")
         if not 0 <= shard_id < num_shards:
             raise ValueError(f"shard_id {shard_id} is not in [0, num_shards={num_shards})")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if random_resized_crop and not crop_flip:
-            raise ValueError("random_resized_crop=True is a random crop: it cannot be combined with crop_flip=False")
-        if initial_fill < 1:
-            raise ValueError(f"initial_fill (the shuffle buffer) must be >= 1 sample, got {initial_fill}")
-        if random_resized_crop and central_square:
-            raise ValueError("random_resized_crop=True crops anywhere in the image: it cannot be combined with "
-                             "central_square=True")
+        options.check(view)
         self.manifest = mf.load(data_dir)
         files = mf.split_files(data_dir, self.manifest, split)
-        problems = [p for tar, idx, entry in files for p in mf.check_shard(tar, idx, entry, deep=verify)]
+        problems = [p for tar, idx, entry in files for p in mf.check_shard(tar, idx, entry, deep=options.verify)]
         if problems:
             raise mf.ManifestError("; ".join(problems))
         self.tars = [str(t) for t, _, _ in files]
@@ -183,39 +110,45 @@ class DaliLoader:
         self.num_samples = self.manifest["splits"][split]["num_samples"]
         start, end = shard_range(self.num_samples, shard_id, num_shards)
         self.shard_samples = end - start
-        if train and self.num_samples // num_shards < batch_size:
+        self.train = view is View.TRAINING
+        if self.train and self.num_samples // num_shards < batch_size:
             raise ValueError(f"{data_dir} {split}: {self.num_samples // num_shards} samples per shard "
                              f"({self.num_samples} over {num_shards} shards) is fewer than one batch of {batch_size}. "
                              "Use a smaller batch size or fewer workers.")
-        built = self.manifest["build"]["size"]
-        resize = resize if resize is not None else round(crop * 256 / 224)
-        if resize < crop:
-            raise ValueError(f"resize {resize} is smaller than crop {crop}")
-        self.split, self.batch_size, self.train = split, batch_size, train
+        self.split, self.batch_size, self.view, self.options = split, batch_size, view, options
         self.shard_id, self.num_shards = shard_id, num_shards
-        self.device, self.dtype, self.seed, self.epoch = device, dtype, seed, epoch
-        self.normalize = normalize
-        self.mean, self.std = input_normalization(self.manifest["stats"], normalize)  # what (x - mean) / std uses
+        self.device, self.dtype, self.seed, self.epoch = device, options.dtype, options.seed, epoch
+        self.mean, self.std = input_normalization(self.manifest["stats"], options.normalize)  # (x - mean) / std
         if device_id is None and device == "cuda":
             device_id = torch.cuda.current_device()
         self.device_id = device_id
         cpus = os.cpu_count() or 1
         # With mixed decode, 8 threads beat 16 on a 16-core H100 machine (docs/BENCHMARKS.md, "Loader"): the HW
         # decoder, the reader and Python need cores of their own. On CPU every core decodes.
-        self.num_threads = num_threads or (max(1, min(8, cpus // 2)) if device == "cuda" else min(8, cpus))
-        self.options = dict(
-            mixed=device == "cuda", train=train, crop=crop, ten_crop=ten_crop, rrc=random_resized_crop,
-            # shards built at this size already have it on the shorter side: skip a resize that changes nothing
-            resize=None if (built == resize and not self.manifest["build"]["center_crop"]) else resize,
-            stats=self.manifest["stats"], lighting=lighting, half=dtype == "float16",
-            initial_fill=min(initial_fill, max(1, self.shard_samples)), hw_decoder_load=hw_decoder_load,
-            roi_decode=roi_decode, preallocate=2 * crop if preallocate is None else preallocate, crop_flip=crop_flip,
-            normalize=normalize, square=resize if central_square else None)
-        self.prefetch = prefetch
+        self.num_threads = options.num_threads or (max(1, min(8, cpus // 2)) if device == "cuda" else min(8, cpus))
+        self.spec = self._spec(view, options, device)
+        # "host": DALI's own iterator, which waits on the host for each GPU batch (kept to measure the difference)
+        self._iterator_class = StreamOrderedIterator if options.handoff == "stream" else DALIGenericIterator
         self.epoch_timings = []  # EpochTiming per training epoch started
         self._eval_iter = None  # evaluation: one pipeline for the loader's lifetime
         self._prepared = None  # training: (epoch, Future of _EpochPipeline) being built in the background
         self._pool = None
+
+    def _spec(self, view, options, device):
+        """The pipeline's resolved settings: the options, read against the shards' manifest."""
+        build, stats = self.manifest["build"], self.manifest["stats"]
+        resize = options.resize_to()
+        return PipelineSpec(
+            view=view, mixed=device == "cuda", crop=options.crop,
+            # shards built at this size already have it on the shorter side: skip a resize that changes nothing
+            resize=None if (build["size"] == resize and not build["center_crop"]) else resize,
+            square=resize if options.central_square else None, random_resized_crop=options.random_resized_crop,
+            roi_decode=options.roi_decode, crop_flip=options.crop_flip, lighting=options.lighting,
+            mean=tuple(self.mean), std=tuple(self.std), eigvec=tuple(map(tuple, stats["eigvec"])),
+            eigval=tuple(stats["eigval"]), half=options.dtype == "float16", hwc=options.channels_last,
+            initial_fill=min(options.initial_fill, max(1, self.shard_samples)),
+            hw_decoder_load=options.hw_decoder_load,
+            preallocate=2 * options.crop if options.preallocate is None else options.preallocate)
 
     def __len__(self):
         if self.train:  # identical on every shard: data-parallel ranks must take the same number of steps
@@ -229,6 +162,8 @@ class DaliLoader:
     def _outputs(self, batch):
         out = batch[0]
         images = out["images"]
+        if self.spec.hwc:  # (..., H, W, C) memory seen as (..., C, H, W): channels_last without a copy
+            images = images.movedim(-1, -3)
         if self.dtype == "bfloat16":
             images = images.to(torch.bfloat16)
         return images, out["labels"].view(-1).long(), out["indices"].view(-1).long()
@@ -281,27 +216,28 @@ class DaliLoader:
         stream = torch.cuda.Stream(self.device_id) if cuda else None
         with tempfile.TemporaryDirectory(prefix="dali-epoch-index-") as tmp:
             idxs = epoch_order.part_indexes(parts, self.idxs, self.counts, tmp)
-            pipe = _pipeline([self.tars[p.file] for p in parts], idxs, batch_size=self.batch_size,
-                             num_threads=self.num_threads, device_id=self.device_id, seed=seed,
-                             prefetch_queue_depth=self.prefetch, shard_id=0, num_shards=1, **self.options)
+            pipe = dali_pipeline([self.tars[p.file] for p in parts], idxs, batch_size=self.batch_size,
+                                 num_threads=self.num_threads, device_id=self.device_id, seed=seed,
+                                 prefetch_queue_depth=self.options.prefetch, spec=self.spec, shard_id=0,
+                                 num_shards=1)
             pipe.build()
             t1 = time.perf_counter()
             # No reader_name: the iterator never ends by itself (__iter__ takes len(self) batches). The first
             # batch is made here, on a stream of this thread, and synchronised before another thread uses it.
             # The index files may go once it exists: the reader parsed them for it.
             with torch.cuda.stream(stream) if cuda else contextlib.nullcontext():
-                iterator = DALIGenericIterator(pipe, OUTPUTS, prepare_first_batch=True)
+                iterator = self._iterator_class(pipe, OUTPUTS, prepare_first_batch=True)
             if cuda:
                 stream.synchronize()
         return _EpochPipeline(iterator, EpochTiming(epoch, False, t1 - t0, time.perf_counter() - t1))
 
     def _evaluation_epoch(self):
         if self._eval_iter is None:
-            pipe = _pipeline(self.tars, self.idxs, batch_size=self.batch_size, num_threads=self.num_threads,
-                             device_id=self.device_id, seed=self.seed, prefetch_queue_depth=self.prefetch,
-                             shard_id=self.shard_id, num_shards=self.num_shards, **self.options)
-            self._eval_iter = DALIGenericIterator(pipe, OUTPUTS, reader_name="reader",
-                                                  last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=False)
+            pipe = dali_pipeline(self.tars, self.idxs, batch_size=self.batch_size, num_threads=self.num_threads,
+                                 device_id=self.device_id, seed=self.seed, prefetch_queue_depth=self.options.prefetch,
+                                 spec=self.spec, shard_id=self.shard_id, num_shards=self.num_shards)
+            self._eval_iter = self._iterator_class(pipe, OUTPUTS, reader_name="reader",
+                                                   last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=False)
         else:
             self._eval_iter.reset()
         for batch in self._eval_iter:
@@ -328,6 +264,10 @@ def _drop(prepared):
         prepared[1].result().iterator = None
 
 
-def make_loader(data_dir, split, batch_size, **kwargs):
-    """One worker's loader; see DaliLoader for the options (design.md's contract)."""
-    return DaliLoader(data_dir, split, batch_size, **kwargs)
+def make_loader(data_dir, split, batch_size, *, train=True, ten_crop=False, shard_id=0, num_shards=1, device="cpu",
+                device_id=None, epoch=0, **options):
+    """One worker's loader (DESIGN.md's contract): `train` and `ten_crop` name the view (pipeline/loader_options.py's
+    View), the other keywords are LoaderOptions' fields."""
+    return DaliLoader(data_dir, split, batch_size, view=View.of(train, ten_crop),
+                      options=LoaderOptions.from_keywords(options), shard_id=shard_id, num_shards=num_shards,
+                      device=device, device_id=device_id, epoch=epoch)

@@ -85,7 +85,7 @@ def test_every_epoch_a_new_part_for_every_rank_exactly_once(many_shards):
     n = FILES * PER_FILE
     loaders = [make_loader(many_shards, "train", BATCH, shard_id=r, num_shards=RANKS, crop=8, resize=8, seed=5)
                for r in range(RANKS)]
-    assert loaders[0].options["initial_fill"] == n // RANKS  # the default buffer (16384), capped by the share
+    assert loaders[0].spec.initial_fill == n // RANKS  # the default buffer (16384), capped by the share
     epochs = [[batches_of(ld) for ld in loaders] for _ in range(2)]  # [epoch][rank] -> (steps, batch)
     steps = (n // RANKS) // BATCH
     for e, ranks in enumerate(epochs):

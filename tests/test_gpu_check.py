@@ -17,7 +17,8 @@ def test_gpu_check_smoke_runs_every_step(tmp_path):
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["smoke"] is True
     assert set(report["steps"]) == {"shards", "loader", "model", "model_variants", "compiled_variants", "profile",
-                                    "training", "fed_profile", "correctness", "lrn_numerics", "launch"}
+                                    "training", "fed_profile", "correctness", "lrn_numerics", "launch", "handoff",
+                                    "lrn_step", "hw_decoder", "long_epochs"}
     assert report["skipped"] == {} and report["budget_s"] is None  # no budget in a smoke run
     assert all("error" not in step for step in report["steps"].values())
     variants = report["steps"]["model_variants"]
@@ -32,9 +33,19 @@ def test_gpu_check_smoke_runs_every_step(tmp_path):
     assert report["steps"]["loader"]["cpu_train_img_s"] > 0
     training = report["steps"]["training"]  # cluster/loop.py's step, 2 epochs of the smoke set
     assert training["steps_per_epoch"] > 0 and training["train_img_s"] > 0 and training["epoch2_loss"] > 0
-    fed = report["steps"]["fed_profile"]  # the same replica, timed per part (no GPU: no busy share)
-    assert fed["steps_per_epoch"] == training["steps_per_epoch"] and fed["img_s"] > 0 and not fed["diverged"]
-    assert 0 <= fed["batch_wait_ms_per_step"] < fed["wall_ms_per_step"] and fed["top_kernels"]
+    fed = report["steps"]["fed_profile"]  # the same replica, timed per part (no GPU: no busy share, no sync count)
+    assert fed["b40.steps_per_epoch"] == 1 and not fed["b40.diverged"]  # the smoke set's 40 images, one batch
+    assert all(fed[f"b40.{k}_img_s"] > 0 for k in ("loader", "step", "fed", "decoupled"))
+    assert fed["b40.fed_over_min"] > 0 and fed["b40.host_syncs_in_fed_epoch"] is None and fed["top_kernels"]
+    assert 0 <= fed["profiled_batch_wait_ms_per_step"] < fed["profiled_wall_ms_per_step"]
+    handoff = report["steps"]["handoff"]
+    assert all(handoff[f"{h}.fed_img_s"] > 0 for h in ("stream_prefetch2", "stream_prefetch4", "host_prefetch2"))
+    lrn_step = report["steps"]["lrn_step"]
+    assert lrn_step["eager.none_img_s"] > 0 and lrn_step["eager.fast_over_no_lrn"] > 0
+    assert lrn_step["compiled.fast_img_s"] > 0 and lrn_step["eager.fast_fused_sgd_img_s"] > 0
+    assert report["steps"]["hw_decoder"]["load0.65.fed_img_s"] > 0
+    long = report["steps"]["long_epochs"]
+    assert long["long.steps_per_epoch"] == 2 * long["short.steps_per_epoch"] and long["long.fed_img_s"] > 0
     assert report["steps"]["correctness"]["split_vs_single_max_rel_diff"] < 1e-4
     launch = report["steps"]["launch"]  # the real launcher, end to end (one CPU replica in the smoke run)
     assert launch["exit_code"] == 0 and launch["cpu.replicas_per_epoch"] == [1, 1]
@@ -156,3 +167,18 @@ def test_wait_timer_counts_the_time_blocked_in_the_loader():
     timed = WaitTimer(Loader([0, 1, 2]))
     assert list(timed) == [0, 1, 2] and len(timed) == 3
     assert 0.14 <= timed.wait_s < 1.0
+
+
+def test_fixed_batches_give_one_batch_and_the_control_still_pulls_the_loader():
+    from gpu_check.fed import FixedBatches, counting_host_syncs
+    pulled = []
+
+    class Loader:
+        def __iter__(self):
+            for i in range(3):
+                pulled.append(i)
+                yield i
+
+    assert list(FixedBatches("b", 2)) == ["b", "b"] and len(FixedBatches("b", 2)) == 2
+    assert list(FixedBatches("b", 3, Loader())) == ["b"] * 3 and pulled == [0, 1, 2]
+    assert counting_host_syncs(lambda: 7, gpu=False) == (7, None)  # nothing to count on a CPU

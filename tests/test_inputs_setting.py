@@ -50,3 +50,11 @@ def test_a_config_json_without_the_setting_is_refused_on_resume(demo_shards, tmp
     assert launch.main(["--output-dir", str(tmp_path), "--name", "x", "--workers", "1", "--resume"]) == 2
     err = capsys.readouterr().err
     assert "config.json cannot be read" in err and "'normalize'" in err  # never resumed with another input scale
+
+
+def test_prefetch_reaches_the_loaders_and_zero_is_refused(demo_shards, tmp_path):
+    assert loader_settings(config(demo_shards, tmp_path), 0, 1, torch.device("cpu"))["prefetch"] == 2
+    cfg = config(demo_shards, tmp_path, "--prefetch", "4")
+    assert loader_settings(cfg, 0, 1, torch.device("cpu"))["prefetch"] == 4
+    with pytest.raises(settings.LaunchError, match="--prefetch must be >= 1"):
+        settings.check(config(demo_shards, tmp_path, "--prefetch", "0"), None)

@@ -302,3 +302,48 @@ def test_ten_patches_come_from_the_central_square(wide_gradient_shards):
     centre, _, _ = next(iter(make_loader(wide_gradient_shards, "train", 2, train=False, crop=224,
                                          central_square=True)))
     torch.testing.assert_close(ten[:, 8], centre, atol=1.5, rtol=0)  # the centre patch: the loader's centre crop
+
+
+@pytest.mark.parametrize("view", [dict(train=True, lighting=0.1), dict(train=False, ten_crop=True)])
+def test_channels_last_is_the_same_batch_in_nhwc_memory(demo_shards, view):
+    """channels_last=True: NHWC memory out of DALI, seen as NCHW without a copy; the same numbers as the default."""
+    plain, labels, idx = next(iter(make_loader(demo_shards, "train", 8, crop=64, seed=2, **view)))
+    nhwc, labels_cl, idx_cl = next(iter(make_loader(demo_shards, "train", 8, crop=64, seed=2, channels_last=True,
+                                                    **view)))
+    assert nhwc.shape == plain.shape and torch.equal(nhwc, plain)
+    assert torch.equal(labels, labels_cl) and torch.equal(idx, idx_cl)
+    flat = nhwc.flatten(0, 1) if nhwc.dim() == 5 else nhwc  # ten patches: what evaluation feeds the model
+    assert flat.is_contiguous(memory_format=torch.channels_last) and not flat.is_contiguous()
+
+
+def test_options_have_one_name_each_and_unknown_ones_are_named(demo_shards):
+    from pipeline.loader_options import LoaderOptions, View
+    assert View.of(True, ten_crop=True) is View.TRAINING and View.of(False, True) is View.TEN_PATCHES
+    assert View.of(False) is View.CENTRE
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['rrc'\]"):
+        make_loader(demo_shards, "train", 4, rrc=True)
+    with pytest.raises(ValueError, match="prefetch"):
+        make_loader(demo_shards, "train", 4, prefetch=0)
+    with pytest.raises(ValueError, match="handoff must be one of stream, host"):
+        make_loader(demo_shards, "train", 4, handoff="async")
+    loader = make_loader(demo_shards, "val", 4, train=False, prefetch=3, crop=32)
+    assert loader.options == LoaderOptions(prefetch=3, crop=32) and loader.view is View.CENTRE
+    # DALI's own iterator (a host wait per GPU batch) gives the same batches; on a CPU the two are the same path
+    host = make_loader(demo_shards, "train", 8, crop=32, seed=4, handoff="host")
+    stream = make_loader(demo_shards, "train", 8, crop=32, seed=4)
+    for a, b in zip(host, stream):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.gpu
+def test_gpu_batches_come_on_the_device_without_a_torch_host_sync(demo_shards):
+    loader = make_loader(demo_shards, "train", 8, crop=64, device="cuda", channels_last=True)
+    batches = iter(loader)
+    next(batches)  # the epoch's first batch was prepared (and synchronised) while the pipeline was built
+    torch.cuda.set_sync_debug_mode("error")  # any synchronising torch call in the hand-off raises
+    try:
+        images, labels, _ = next(batches)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert images.is_cuda and labels.is_cuda and images.is_contiguous(memory_format=torch.channels_last)
+    loader.close()

@@ -6,7 +6,7 @@ from torch import nn
 
 from model import AlexNet, FastLocalResponseNorm, GroupedAlexNet, GroupedLocalResponseNorm
 from model.alexnet import LRN_ALPHA, LRN_BETA, LRN_K, LRN_SIZE
-from model.lrn import lrn_shifted, make_lrn
+from model.lrn import _shifted_lrn, lrn_shifted, make_lrn
 
 PAPER = dict(size=LRN_SIZE, alpha=LRN_ALPHA * LRN_SIZE, beta=LRN_BETA, k=LRN_K)  # torch's alpha convention
 
@@ -137,3 +137,49 @@ def test_inductor_compiles_the_fast_lrn_to_the_same_numbers():
     y, g = value_and_grad(torch.compile(FastLocalResponseNorm(groups=2, **PAPER)), x, grad)
     close(y, ref_y)
     close(g, ref_g)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("size", [5, 4])
+def test_shifted_form_closed_backward_equals_torch_in_float64(size, groups):
+    """The form compiled models run (_ShiftedLRN: shifted-slice sums, the closed-form backward) against
+    nn.LocalResponseNorm per group, in float64, where only rounding at 1e-12 may differ; gradcheck too. Size 4 makes
+    the window asymmetric, so a backward that used the forward's window instead of its adjoint fails here."""
+    kw = dict(size=size, alpha=2.0, beta=0.75, k=2.0)
+    x = torch.rand(2, 8, 3, 4, dtype=torch.float64) * 3
+    grad = torch.randn(2, 8, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    ref_y, ref_g = value_and_grad(GroupedLocalResponseNorm(groups=groups, **kw), x, grad)
+    y, g = value_and_grad(lambda t: _shifted_lrn(t, kw["size"], kw["alpha"], kw["beta"], kw["k"], groups), x, grad)
+    torch.testing.assert_close(y, ref_y, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g, ref_g, rtol=1e-12, atol=1e-12)
+    xg = x.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: _shifted_lrn(t, size, 2.0, 0.75, 2.0, groups), (xg,))
+
+
+def test_compiled_model_uses_the_closed_form_backward_and_matches(monkeypatch):
+    """Under torch.compile (aot_eager: the graph inductor would get, without its C++ compile) the LRN is the shifted
+    Function with its closed-form backward (two window sums traced there: d again and the adjoint), not autograd's
+    derivative of the slice form (a slice_backward per shift)."""
+    import model.lrn as lrn
+    sums = []
+    original = lrn._shifted_window_sum
+    monkeypatch.setattr(lrn, "_shifted_window_sum", lambda *a, **kw: sums.append(kw) or original(*a, **kw))
+    x, grad = activations((4, 16, 9, 9)), torch.randn(4, 16, 9, 9)
+    ref_y, ref_g = value_and_grad(GroupedLocalResponseNorm(groups=2, **PAPER), x, grad)
+    y, g = value_and_grad(torch.compile(FastLocalResponseNorm(groups=2, **PAPER), backend="aot_eager"), x, grad)
+    close(y, ref_y)
+    close(g, ref_g)
+    assert {"transpose": True} in sums and len(sums) >= 3
+
+
+def test_onnx_export_computes_the_same_lrn(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    module = FastLocalResponseNorm(groups=2, **PAPER).eval()
+    x = activations((2, 16, 7, 7))
+    path = tmp_path / "lrn.onnx"
+    torch.onnx.export(module, (x,), path, dynamo=True, verbose=False)
+    ops = {n.op_type for n in onnx.load(path).graph.node}
+    assert "MatMul" not in ops and "Pow" in ops  # the plain slice form, not the eager band product
+    (y,) = ort.InferenceSession(str(path)).run(None, {ort.InferenceSession(str(path)).get_inputs()[0].name: x.numpy()})
+    close(torch.from_numpy(y), GroupedLocalResponseNorm(groups=2, **PAPER)(x))
