@@ -10,7 +10,7 @@ last 5 losses below ln 10 - 0.1) and the mean loss of every 25 steps (one epoch 
 The control net has AlexNet's five convolutions (kernel sizes, strides and pooling; half the channels) and a global
 average pool into one linear layer; its inputs are the loader's divided by 58 (about the pixels' std), the unit
 scale its Kaiming fan-in init assumes. "+bn" puts a BatchNorm after every convolution, the only difference between
-the two controls. If the control with batch norm leaves chance within the 2 epochs of 25 steps the issue asked for
+the two controls. If the control with batch norm leaves chance within 2 epochs of 25 steps (the first steps' target)
 and the one without does not, the plateau belongs to a network without normalisation layers on this set (which
 AlexNet, from 2012, is), not to our start, data or loader.
 """

@@ -132,13 +132,20 @@ def problem_at(where):
 def newest_intact(storage, name):
     """(the newest intact Listed or None, [(Listed, problem)] for each newer one that is damaged). A checkpoint
     without a digest counts as intact (NO_DIGEST)."""
+    entry, _, damaged = _newest_intact(storage, name)
+    return entry, damaged
+
+
+def _newest_intact(storage, name):
+    """newest_intact's answer with the intact one's problem() in the middle (None, or NO_DIGEST): each checkpoint is
+    hashed (downloaded, from a store) once."""
     damaged = []
     for entry in reversed(listed(storage, name)):
         why = problem_at(entry.where)
         if why in (None, NO_DIGEST):
-            return entry, damaged
+            return entry, why, damaged
         damaged.append((entry, why))
-    return None, damaged
+    return None, None, damaged
 
 
 def none_intact_message(storage, name, damaged):
@@ -176,7 +183,7 @@ def forget(storage, name, dir_names):
 def resume_point(storage, name):
     """For --resume, before Ray starts: a line naming the checkpoint the run will continue from. Newer ones that fail
     their digest are named and taken out of Ray's list (forget); CheckpointError naming each when none is intact."""
-    entry, damaged = newest_intact(storage, name)
+    entry, entry_problem, damaged = _newest_intact(storage, name)
     if entry is None and damaged:
         raise CheckpointError(none_intact_message(storage, name, damaged))
     if damaged:
@@ -186,7 +193,7 @@ def resume_point(storage, name):
     if entry is None:
         return passed + f"--resume: run {name} has no checkpoint yet; it starts from the first epoch"
     epoch = f" (after epoch {entry.epoch})" if entry.epoch is not None else ""
-    checked = "checked against its digest" if problem_at(entry.where) is None else NO_DIGEST
+    checked = "checked against its digest" if entry_problem is None else NO_DIGEST
     return passed + f"--resume: continuing from {entry.where}{epoch}, {checked}"
 
 

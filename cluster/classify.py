@@ -1,9 +1,9 @@
 """Classify image files with a trained run: the top-5 classes and their probabilities, by name.
 
-    python cluster/classify.py --name my-run photo.jpg more/photos/        # top-5 of each, centre crop
-    python cluster/classify.py --name my-run --ten-crop photo.jpg          # the paper's ten patches, averaged
-    python cluster/classify.py --run runs/my-run big/folder --out results.csv   # or .jsonl; a progress bar
-    python cluster/classify.py --checkpoint runs/my-run/checkpoint_2026-12-05_15-11-50.070930 photo.jpg
+    python -m cluster.classify --name my-run photo.jpg more/photos/        # top-5 of each, centre crop
+    python -m cluster.classify --name my-run --ten-crop photo.jpg          # the paper's ten patches, averaged
+    python -m cluster.classify --run runs/my-run big/folder --out results.csv   # or .jsonl; a progress bar
+    python -m cluster.classify --checkpoint runs/my-run/checkpoint_2026-12-05_15-11-50.070930 photo.jpg
 
 The images go through the preprocessing the run trained with (cluster/preprocess.py): the shard builder's resize of
 the shorter side and JPEG re-encode, the validation loader's resize, crop and input normalisation, all read from the
@@ -21,15 +21,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repo root importable
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from cluster.preprocess import BadImage, PreprocessError, check_supported, patches  # noqa: E402
-from cluster.trained_run import RunError, add_run_arguments, open_run, run_folder, shown  # noqa: E402
+from cluster.preprocess import BadImage, PreprocessError, check_supported, patches
+from cluster.trained_run import RunError, add_run_arguments, open_run, run_folder, shown
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jfif"}
 

@@ -1,8 +1,8 @@
 """Export a trained run as files that need nothing of this project: ONNX, a torch.export program, and a JSON of the
 preprocessing and class names.
 
-    python cluster/export.py --name my-run                      # -> runs/my-run/export/
-    python cluster/export.py --run runs/my-run --out /tmp/alexnet --checkpoint runs/my-run/checkpoint_000003
+    python -m cluster.export --name my-run                      # -> runs/my-run/export/
+    python -m cluster.export --run runs/my-run --out /tmp/alexnet --checkpoint runs/my-run/checkpoint_<date>_<time>
 
 What it writes (all for the single-device form of the run's net, both columns, in eval mode, float32):
   model.onnx          input "image" (N, 3, crop, crop) float32 with N dynamic, output "logits" (N, classes), no
@@ -18,14 +18,11 @@ import sys
 import warnings
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repo root importable
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+import torch
 
-import torch  # noqa: E402
-
-from cluster.export_spec import SPEC_FILE, export_spec  # noqa: E402
-from cluster.preprocess import PreprocessError, check_supported  # noqa: E402
-from cluster.trained_run import RunError, add_run_arguments, open_run, run_folder, shown  # noqa: E402
+from cluster.export_spec import SPEC_FILE, export_spec
+from cluster.preprocess import PreprocessError, check_supported
+from cluster.trained_run import RunError, add_run_arguments, open_run, run_folder, shown
 
 # ONNX opset 18: torch's exporter (onnxscript's torchlib) writes 20 by default and converts down without loss for
 # the operators AlexNet uses (Conv with group, MaxPool, Pad, Slice, Pow, Gemm, ReduceMean, GatherND, Relu); 18 is

@@ -16,6 +16,7 @@ checkpoints to --storage (default: the same folder).
 import argparse
 import importlib.util
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -93,11 +94,11 @@ def _main(args, argv):
     if relative_path_error(args.output_dir, args.storage):  # a `ray job submit` job: its cwd is deleted after
         print(f"error: {relative_path_error(args.output_dir, args.storage)}", file=sys.stderr)
         return 2
-    if args.test_only:
-        from cluster.evaluate import test_only
-        return test_only(args)
-    args.name = args.name or time.strftime("%Y%m%d-%H%M%S")
     try:
+        if args.test_only:
+            from cluster.evaluate import test_only
+            return test_only(args)
+        args.name = args.name or time.strftime("%Y%m%d-%H%M%S")
         if args.resume:
             cfg = resumed_config(args, explicit_flags(argv))
             print(checkpoints.resume_point(cfg.storage, cfg.name), flush=True)
@@ -116,25 +117,10 @@ def _main(args, argv):
 
         from cluster import ray_noise
         ray_noise.before_init(local_cluster=not cfg.address)  # Ray's lines that read as failures: cluster/ray_noise.py
-        if cfg.address:
-            try:
-                ray.init(address=cfg.address, logging_level="WARNING")
-            except ConnectionError as e:  # Ray says only "Failed to connect", whether it is the address or the token
-                token = ("check that RAY_AUTH_TOKEN_PATH (or RAY_AUTH_TOKEN) holds this cluster's token"
-                         if os.environ.get("RAY_AUTH_MODE") == "token" else
-                         "run this with RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH=<the cluster's token file>")
-                raise LaunchError(f"--address {cfg.address}: {e}. Is the cluster up at that address? If Ray's lines "
-                                  f"above say InvalidAuthToken, the cluster wants its token: {token}.") from None
-        else:
-            # A local cluster of this run's own. Its dashboard binds 127.0.0.1, but Ray's GCS, raylet and worker ports
-            # listen on every interface whatever the node address says: what keeps others out is the token Ray
-            # (>= 2.59) requires of clients of a cluster ray.init starts, generated at ~/.ray/auth_token.
-            # address="local": a new cluster even when one is already running on this machine (a bare ray.init()
-            # joins that one, with its owner's resources and settings).
-            ray.init(address="local", dashboard_host="127.0.0.1", logging_level="WARNING", _node_ip_address="127.0.0.1")
-        ray_noise.after_init(ray, cfg.address)
-        stopping.install()  # again: ray.init puts a handler of its own (a stack dump, then death) on SIGTERM
-        try:
+        try:  # from here on, whatever happens (a failed connect, a stop signal), Ray and its settings are undone
+            _ray_init(ray, cfg.address)
+            stopping.install()  # again: ray.init puts a handler of its own (a stack dump, then death) on SIGTERM
+            ray_noise.after_init(ray, cfg.address)
             cfg = plan_resources(cfg, ray.cluster_resources())
             print(describe(cfg), flush=True)
             if cfg.grad_compression != "none" and cfg.workers > 1:
@@ -143,14 +129,37 @@ def _main(args, argv):
             from cluster.driver import fit
             return fit(cfg, inject_failure)
         finally:
-            ray.shutdown()
+            if ray.is_initialized():
+                ray.shutdown()
             ray_noise.restore()
     except (LaunchError, mf.ManifestError, checkpoints.CheckpointError, shard_watch.ShardsChanged) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # stopping.Stopped, or Ray's own when a stop signal ended a ray.get
+        if args.test_only:
+            print(f"--test-only stopped by {signal.Signals(stopping.last_signal()).name}; nothing was written.",
+                  file=sys.stderr)
+            return stopping.exit_code(stopping.last_signal())
         return stopping.report(cfg, stopping.last_signal())
 
+
+def _ray_init(ray, address):
+    if address:
+        try:
+            ray.init(address=address, logging_level="WARNING")
+        except ConnectionError as e:  # Ray says only "Failed to connect", whether it is the address or the token
+            token = ("check that RAY_AUTH_TOKEN_PATH (or RAY_AUTH_TOKEN) holds this cluster's token"
+                     if os.environ.get("RAY_AUTH_MODE") == "token" else
+                     "run this with RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH=<the cluster's token file>")
+            raise LaunchError(f"--address {address}: {e}. Is the cluster up at that address? If Ray's lines above "
+                              f"say InvalidAuthToken, the cluster wants its token: {token}.") from None
+    else:
+        # A local cluster of this run's own. Its dashboard binds 127.0.0.1, but Ray's GCS, raylet and worker ports
+        # listen on every interface whatever the node address says: what keeps others out is the token Ray (>= 2.59)
+        # requires of clients of a cluster ray.init starts, generated at ~/.ray/auth_token. address="local": a new
+        # cluster even when one is already running on this machine (a bare ray.init() joins that one, with its
+        # owner's resources and settings).
+        ray.init(address="local", dashboard_host="127.0.0.1", logging_level="WARNING", _node_ip_address="127.0.0.1")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -6,7 +6,8 @@ Preprocessing, done as the shard builder and the validation loader do them, by t
 - The loader's steps (pipeline/loader.py, DALI) are redone here: its resize of the shorter side (DALI's linear
   filter with antialiasing; PIL's BILINEAR, the closest of PIL's filters, weights edge pixels a little
   differently), the central square, the crops (DALI puts a
-  crop at floor(pos * (extent - crop) + 0.5), pos from the loader's TEN_CROP_POSITIONS), and (x - mean) / std.
+  crop at floor(pos * (extent - crop) + 0.5), pos from pipeline/loader_options.py's TEN_CROP_POSITIONS), and
+  (x - mean) / std.
   tests/test_classify.py measures what is left against the loader on the same images.
 """
 import io
@@ -17,10 +18,7 @@ import torch
 from PIL import Image
 
 from pipeline.images import RESIZE_METHOD, BadImage, prepare
-
-# pipeline/loader.py's TEN_CROP_POSITIONS: the loader module needs DALI, which classifying a few files does not;
-# tests/test_classify.py checks that the two lists agree.
-TEN_CROP_POSITIONS = [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (0.5, 0.5)]  # (x, y): corners, then centre
+from pipeline.loader_options import TEN_CROP_POSITIONS, resized_shorter
 
 
 class PreprocessError(Exception):
@@ -49,9 +47,7 @@ def _crop(arr, size, pos_x, pos_y):
 
 def _loader_resize(img, shorter):
     """DALI's resize_shorter: the shorter side to `shorter`, the other scaled and rounded."""
-    w, h = img.size
-    scale = shorter / min(w, h)
-    size = (shorter, round(h * scale)) if w <= h else (round(w * scale), shorter)
+    size = resized_shorter(*img.size, shorter)
     return img if size == img.size else img.resize(size, Image.BILINEAR)
 
 
@@ -87,5 +83,5 @@ def image_patches(img, prep, *, ten_crop=False):
     return ((x - mean) / std).contiguous()
 
 
-__all__ = ["BadImage", "PreprocessError", "TEN_CROP_POSITIONS", "check_supported", "image_patches", "patches",
+__all__ = ["BadImage", "PreprocessError", "check_supported", "image_patches", "patches",
            "shard_image"]

@@ -151,13 +151,13 @@ def train_loop_per_worker(loop_config):
         metrics.update(epoch=epoch + 1, val_top1_error=top1, val_top5_error=top5, val_images=n, lr=lr,
                        replicas=world, global_batch_size=global_batch)
         if epoch + 1 == cfg.epochs:  # the paper's ten patches, once, carried by the last checkpointed report
+            train_loader.close()  # it already built a next epoch that will not come: free it before another loader
             ten_loader = make_loader(cfg.data, "val", max(1, cfg.batch_size // 10), train=False, ten_crop=True,
                                      **loader_kw)
             progress = (lambda it: timed_lines(it, len(it), "final 10-crop evaluation", log)) if log else None
             metrics["val_top1_error_10crop"], metrics["val_top5_error_10crop"], _ = evaluate(
                 model, ten_loader, device, amp=cfg.amp, ten_crop=True, progress=progress)
             ten_loader.close()
-            train_loader.close()  # it already built a next epoch that will not come: free it before the report
         if log:
             log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {metrics['train_loss']:.4f}, val top-1 error "
                 f"{top1:.4f}, top-5 error {top5:.4f} ({n} images), {metrics['images_per_second']:.1f} img/s, "

@@ -1,4 +1,4 @@
-"""gpu_check/check.py's model steps: split vs single-device, the issue-11 variants at batch 256 bf16 (split on one
+"""gpu_check/check.py's model steps: split vs single-device, the model's variants at batch 256 bf16 (split on one
 GPU), and the profile of where a step's GPU time goes."""
 import torch
 
@@ -23,7 +23,7 @@ def step_model(ctx: Context):
     split = AlexNet().place(dev, dev).to(memory_format=torch.channels_last)
     result["split_same_device_img_s"] = fwd_bwd_images_per_second(split, b, crop, dev, **kw)
     result["split_overhead"] = result["single_device_img_s"] / result["split_same_device_img_s"] - 1
-    # the issue-11 target's batch (256), with the default (fast) LRN, as the replica trains
+    # the model target's batch (256), with the default (fast) LRN, as the replica trains
     result[f"split_same_device_batch{size.variant_batch}_img_s"] = fwd_bwd_images_per_second(
         split, size.variant_batch, crop, dev, **kw)
     if gpu:

@@ -15,7 +15,7 @@ class Sizes:
     iters: int
     cpu_column_iters: int
     train_batch: int  # the "training" step: one replica fed by the loader for 2 epochs
-    variant_batch: int  # the issue-11 target: batch 256, bf16, split on one GPU
+    variant_batch: int  # the model's speed target: batch 256, bf16, split on one GPU
     variant_iters: int
     variant_repeats: int
     variants: tuple  # names in benchmarks/model_variants.py: the eager ones (the "model_variants" step)

@@ -10,7 +10,7 @@
 # 2. gpu_check/wheels_check.py copies to OUT/whl only the wheels whose project the image lacks, then proves with
 #    `pip install --dry-run --no-index` that they and the image's packages install the requirements: a missing
 #    dependency fails here, not on the GPU node.
-# 3. OUT/whl is cut into parts of PART_SIZE (default 60M = 60 MiB, for a transfer that limits each copy to 64 MiB
+# 3. OUT/whl is cut into parts of PART_SIZE (default 60M = 60 MiB, for a transfer that limits each copy, e.g. to 64 MiB
 #    with the working tree included).
 set -euo pipefail
 out=${1:-.gpu}

@@ -9,9 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
-from pipeline.loader_options import View
-
-TEN_CROP_POSITIONS = [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (0.5, 0.5)]  # corners, then centre
+from pipeline.loader_options import TEN_CROP_POSITIONS, View
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,18 @@ from dataclasses import dataclass
 SHUFFLE_BUFFER = 16384  # samples; see pipeline/loader.py's docstring for the choice and its memory
 DTYPES = ("float32", "float16", "bfloat16")
 HANDOFFS = ("stream", "host")  # pipeline/handoff.py
+# The paper's ten test patches: these five places (x, y as fractions of the room left around the crop), each also
+# flipped. Here, not in dali_pipeline.py, so that code without DALI (cluster/preprocess.py) uses the same list.
+TEN_CROP_POSITIONS = [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (0.5, 0.5)]  # corners, then centre
+
+
+def resized_shorter(width, height, shorter):
+    """(width, height) after DALI's resize_shorter to `shorter`: the longer side scaled and rounded half up (Python's
+    round() goes half to even: 341x256 to 128 gives 171 in DALI, 170 with round)."""
+    scale = shorter / min(width, height)
+    if width <= height:
+        return shorter, max(shorter, int(height * scale + 0.5))
+    return max(shorter, int(width * scale + 0.5)), shorter
 
 
 class View(enum.Enum):

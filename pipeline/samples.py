@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline import manifest as mf
+from pipeline.loader_options import resized_shorter
 from pipeline.stats import input_normalization
 
 
@@ -117,12 +118,8 @@ def eval_view(jpg, crop):
     the centre crop x crop (pipeline/loader.py does the same with DALI)."""
     with Image.open(io.BytesIO(jpg)) as im:
         im = im.convert("RGB")
-        w, h = im.size
-        short = round(crop * 256 / 224)
-        scale = short / min(w, h)
-        long = max(short, int(max(w, h) * scale + 0.5))  # half up, as DALI (Python's round goes half to even)
-        size = (short, long) if w <= h else (long, short)
-        if size != (w, h):
+        size = resized_shorter(*im.size, round(crop * 256 / 224))
+        if size != im.size:
             im = im.resize(size, Image.BILINEAR)
         left, top = (size[0] - crop + 1) // 2, (size[1] - crop + 1) // 2  # DALI rounds half a pixel up
         return np.asarray(im.crop((left, top, left + crop, top + crop)), dtype=np.uint8)

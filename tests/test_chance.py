@@ -23,7 +23,7 @@ def test_a_run_stuck_at_chance_spends_no_decay():
     three times (patience 2) and the run is over; with the chance rule the lr stays."""
     stuck = [0.9992, 0.9990, 0.9991, 0.9990, 0.9990, 0.9993, 0.9990, 0.9991, 0.9990, 0.9992, 0.9990, 0.9991]
     old = LrSchedule(base_lr=0.01, warmup_epochs=1, patience=2)
-    assert sum(old.end_epoch(e, err, 50_000) for e, err in enumerate(stuck)) == 3  # the silent end of the issue
+    assert sum(old.end_epoch(e, err, 50_000) for e, err in enumerate(stuck)) == 3  # the old rule's silent end
     s = LrSchedule(base_lr=0.01, warmup_epochs=1, patience=2, num_classes=1000)
     assert not any(s.end_epoch(e, err, 50_000) for e, err in enumerate(stuck))
     assert s.decays == 0 and not s.left_chance

@@ -51,9 +51,12 @@ def shard_jpegs(shards, split="val"):
     return out
 
 
-def test_ten_crop_positions_are_the_loaders():
-    from pipeline.loader import TEN_CROP_POSITIONS
-    assert preprocess.TEN_CROP_POSITIONS == TEN_CROP_POSITIONS
+def test_the_loaders_resize_rounds_half_up_as_dali():
+    """DALI's resize_shorter rounds the longer side half up; Python's round() would give 170 here (half to even)."""
+    from pipeline.loader_options import resized_shorter
+    assert resized_shorter(341, 256, 128) == (171, 128)
+    assert resized_shorter(256, 341, 128) == (128, 171)
+    assert resized_shorter(300, 200, 200) == (300, 200)
 
 
 def test_files_become_the_shards_bytes(run, demo_tree, tree_shards):

@@ -128,3 +128,20 @@ def test_without_dali_the_launcher_says_which_extra_to_install(monkeypatch, caps
     assert launch.main(["--name", "x"]) == 2
     err = capsys.readouterr().err
     assert "DALI is not installed" in err and "'.[cu12]'" in err and "'.[cu13]'" in err
+
+
+@pytest.mark.parametrize("signum", [2, 15])  # SIGINT (Ctrl-C), SIGTERM
+def test_a_stop_signal_during_test_only_exits_as_shells_expect(tmp_path, monkeypatch, capsys, signum):
+    """--test-only's evaluation can take minutes: a stop there gets the launcher's one policy (exit 128 + signal, one
+    line), not a traceback."""
+    import signal
+
+    from cluster import evaluate
+
+    def evaluating(args):
+        signal.raise_signal(signum)  # as Ctrl-C or `kill` would, into the handlers launch.main installed
+
+    monkeypatch.setattr(evaluate, "test_only", evaluating)
+    assert launch.main(["--test-only", "--name", "x", "--output-dir", str(tmp_path)]) == 128 + signum
+    err = capsys.readouterr().err
+    assert f"--test-only stopped by {signal.Signals(signum).name}" in err and "Traceback" not in err

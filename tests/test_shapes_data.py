@@ -115,7 +115,7 @@ def probe(make_jpeg, num_classes, train_per_class=40, val_per_class=20):
 
 @pytest.mark.slow
 def test_colour_histograms_do_not_give_the_shape_away():
-    """The issue's criterion: a linear classifier on colour histograms scores at most ~2x chance on the shapes set,
+    """The set's criterion: a linear classifier on colour histograms scores at most ~2x chance on the shapes set,
     while the same probe reads the colours demo set almost perfectly (so the probe itself works)."""
     chance = 1 / NUM_CLASSES
     shapes = probe(lambda split, n, c: shapes_data.shapes_jpeg(split, n, c, seed=0), NUM_CLASSES)
