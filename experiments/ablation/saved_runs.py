@@ -23,13 +23,20 @@ def data_key(args):
 VARIANT_RECORD = ("activation", "lrn", "overlapping_pool", "dropout", "crop_flip", "lighting", "wd")
 
 
+# The rest of the reference recipe that changes what a run computes, recorded since the ablation trains from the
+# cluster's TrainConfig (the committed runs, saved before, had the values in ADDED_SINCE): a change to the demo preset
+# in any of them makes the saved runs another experiment, not reusable.
+RECIPE_SINCE = ("lr_scaling", "warmup_epochs", "warmup_steps", "central_square", "random_resized_crop")
+
+
 def budget_record(reference, *, threads=False):
     """A reference TrainConfig as the runs record their budget (the committed runs' format)."""
     drops = reference.lr_milestones if reference.lr_schedule == "milestones" else ()
     record = {"epochs": reference.epochs, "batch_size": reference.batch_size, "lr": reference.base_lr,
               "momentum": reference.momentum, "lr_decay_epoch": drops[0] if drops else 0,
               "lr_decay2_epoch": drops[1] if len(drops) > 1 else 0, "crop": reference.crop, "init": reference.init,
-              "normalize": reference.normalize, "decay_biases": reference.decay_biases}
+              "normalize": reference.normalize, "decay_biases": reference.decay_biases,
+              **{k: getattr(reference, k) for k in RECIPE_SINCE}}
     if len(drops) > 2:
         record["lr_milestones"] = list(drops)
     return {**record, "threads": reference.threads} if threads else record
@@ -48,7 +55,8 @@ def run_key(variant, reference, args):
 
 # Budget fields added after runs were saved, with the value that reproduces what those runs did. Only these: a field
 # whose default differs from what older runs did (normalize, decay_biases were) must keep them from being reused.
-ADDED_SINCE = {"lr_decay2_epoch": 0}
+ADDED_SINCE = {"lr_decay2_epoch": 0, "lr_scaling": "none", "warmup_epochs": 0, "warmup_steps": 0,
+               "central_square": False, "random_resized_crop": False}
 
 
 def same_run(saved_key, key):
