@@ -178,7 +178,8 @@ def get_args_parser():
     p.add_argument("--rounds", type=int, default=2,
                    help="rounds of loader alone, step alone, fed; the median round is reported (default: 2)")
     p.add_argument("--step-ratio", type=float, default=1.0,
-                   help="the step's length over the loader's mean batch time (default: 1.0; the feed target is set within 0.8-1.2)")
+                   help="the step's length over the loader's mean batch time; the feed target is set within 0.8-1.2 "
+                        "(default: 1.0)")
     p.add_argument("--link-copies", type=int, default=13,
                    help="the long epoch lists the shards this many times (default: 13: >= 1,000 batches of 32 from "
                         "the default set); 0 skips the long epoch")

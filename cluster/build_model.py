@@ -1,5 +1,6 @@
 """The one function from a run's recipe to its network: the launcher's workers, the checkpoint-size check, the
-report's figures, --test-only, the ablation, the GPU check and the benchmarks all build AlexNet here."""
+report's figures, --test-only, classify/export, the ablation, the GPU check's fed replica and the benchmarks build
+AlexNet here (the GPU check's model steps compare the model's forms themselves, and build them directly)."""
 from model import AlexNet, GroupedAlexNet
 
 

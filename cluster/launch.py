@@ -8,8 +8,9 @@
 
 The recipe is per image at any replica count: --lr is the rate for a global batch of 128 (the paper's one replica),
 and the run uses lr x global batch / 128 after a linear warmup (cluster/recipe.py). --preset paper|demo fills in the
-flags you leave out (batch, epochs, crop, init, lr patience); the default is demo on the embedded demo set, paper
-otherwise. Without GPUs everything runs on the CPU with gloo (the same code path, said once).
+flags you leave out (batch, epochs, lr, warmup steps, crop, init, inputs, lr patience: --help marks them); the
+default is demo on the embedded demo set, paper otherwise. Without GPUs everything runs on the CPU with gloo (the
+same code path, said once).
 Outputs go to --output-dir/--name (config.json, metrics.jsonl, events.jsonl, tensorboard/, summary.json, figures),
 checkpoints to --storage (default: the same folder).
 """

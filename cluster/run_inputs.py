@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pipeline import manifest as mf
 from pipeline.images import RESIZE_METHOD
+from pipeline.loader_options import LoaderOptions
 from pipeline.stats import input_normalization
 
 INPUTS_FILE = "inputs.json"
@@ -113,8 +114,8 @@ class Preprocessing:
     def of(cls, inputs, config):
         """config: the run's config.json as a dict (crop, normalize, central_square)."""
         crop = config["crop"]
-        # the loader's rule (pipeline/loader.py DaliLoader): the paper's 256 for 224, scaled with the crop
-        resize = round(crop * 256 / 224)
+        # the loader's rule: the paper's 256 for 224, scaled with the crop
+        resize = LoaderOptions(crop=crop).resize_to()
         same = inputs.build.size == resize and not inputs.build.center_crop
         mean, std = input_normalization({"mean": inputs.mean, "std": inputs.std}, config["normalize"])
         return cls(build=inputs.build, loader_resize=None if same else resize,

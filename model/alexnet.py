@@ -15,7 +15,8 @@ later shape matches the paper (27x27x256, 13x13x384, 13x13x384, 13x13x256, 6x6x2
 Three details that are easy to get wrong:
 - The paper's LRN is b = a / (k + alpha * sum a^2)^beta; torch's LocalResponseNorm divides alpha by the window
   size n, so we pass alpha * n to get the paper's alpha = 1e-4. ``lrn_impl="fast"`` (the default) is
-  model/lrn.py's FastLocalResponseNorm, the same math in fewer passes; ``"torch"`` is nn.LocalResponseNorm.
+  model/lrn.py's FastLocalResponseNorm, the same math in fewer passes; ``"fused"`` runs its compiled kernel in an
+  eager model; ``"torch"`` is nn.LocalResponseNorm.
 - Each GPU normalised over its own 48 kernel maps only, so the grouped form applies LRN per column as well.
 - Dropout (section 4.2) zeroes the *outputs* of fc6 and fc7, one mask per neuron: in the split form each column
   drops its own fc6/fc7 outputs before they are exchanged, so both columns see the same neurons dropped. The

@@ -210,11 +210,11 @@ def test_bad_variant_name_is_a_clear_error(capsys):
 
 @pytest.mark.slow
 def test_quick_run_writes_the_report_and_rebuilds_it_from_the_runs_alone(tmp_path, capsys):
-    paths = ["--data", tmp_path / "data", "--out", tmp_path / "ABLATIONS.md", "--figures", tmp_path / "fig",
+    paths = ["--data", tmp_path / "data", "--out", tmp_path / "REPORT.md", "--figures", tmp_path / "fig",
              "--runs-dir", tmp_path / "runs"]
     argv = ["--quick", "--variants", "full,tanh,no_dropout", "--fig1-lr-factors", "0.5,1", *map(str, paths)]
     assert ablate.main(argv) == 0
-    text = (tmp_path / "ABLATIONS.md").read_text()
+    text = (tmp_path / "REPORT.md").read_text()
     # each verdict is the rule's on the runs saved for it: reload them and test again
     variants, train_order, fig1 = ablate.resolve(ablate.get_args_parser().parse_args(argv))
     results = {v.name: [RunResult.from_json(json.loads((tmp_path / "runs" / f"{v.name}-seed{s}.json").read_text())
@@ -237,7 +237,7 @@ def test_quick_run_writes_the_report_and_rebuilds_it_from_the_runs_alone(tmp_pat
     assert ablate.main(argv + ["--report-only"]) == 0
     assert ": training (" not in capsys.readouterr().out
     tables = [line for line in text.splitlines() if line.startswith("|")]
-    assert [line for line in (tmp_path / "ABLATIONS.md").read_text().splitlines() if line.startswith("|")] == tables
+    assert [line for line in (tmp_path / "REPORT.md").read_text().splitlines() if line.startswith("|")] == tables
     assert ablate.main(argv + ["--plan"]) == 0
     out = capsys.readouterr().out
     assert "0 to train" in out and "ms per training image" in out

@@ -58,7 +58,7 @@ DEFAULT_LR = 0.0025  # the demo preset's (0.01 per 128 images was too high on th
 # (full, quick): the quick run is a smoke test of the whole path, not a measurement.
 DEFAULTS = {"epochs": (144, 2), "fig1_epochs": (70, 2), "seeds": (4, 2), "train_per_class": (80, 10),
             "val_per_class": (100, 5),
-            "out": ("experiments/ablation/REPORT.md", "runs/ablation-quick/ABLATIONS.md"),
+            "out": ("experiments/ablation/REPORT.md", "runs/ablation-quick/REPORT.md"),
             "figures": ("experiments/ablation/figures", "runs/ablation-quick/figures"),
             "runs_dir": ("experiments/ablation/runs", "runs/ablation-quick/runs")}
 
@@ -107,7 +107,7 @@ def get_args_parser():
       help="shapes shards for these settings; built there if missing (default: data/shapes-SIZE; quick "
            "data/shapes-quick-SIZE)")
     a("--out", type=Path, default=None,
-      help="the markdown report (default: experiments/ablation/REPORT.md; quick runs/ablation-quick/ABLATIONS.md)")
+      help="the markdown report (default: experiments/ablation/REPORT.md; quick runs/ablation-quick/REPORT.md)")
     a("--figures", type=Path, default=None,
       help="folder for the figures (default: experiments/ablation/figures; quick runs/ablation-quick/figures)")
     a("--runs-dir", type=Path, default=None,
