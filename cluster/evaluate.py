@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from cluster.loop import evaluate, loader_settings
+from cluster.loop import evaluate, loader_settings, ten_crop_batch
 from cluster.progress import bar
 from cluster.recipe import TrainConfig
 from cluster.report import ReportError, RunSettings, load_model_state, trained_model
@@ -36,6 +36,9 @@ def test_only(args):
         print(f"error: --test-only: no run at {run_dir} (config.json missing). Check --output-dir and --name.",
               file=sys.stderr)
         return 2
+    except ValueError as e:  # not JSON, or settings this version does not know (the message names them)
+        print(f"error: --test-only: {run_dir / 'config.json'}: {e}", file=sys.stderr)
+        return 2
     data = cfg.data if args.data is None else args.data if object_store.is_uri(args.data) else \
         str(Path(args.data).resolve())
     try:
@@ -50,7 +53,7 @@ def test_only(args):
     threads = args.threads or min(8, os.cpu_count() or 1)
     torch.set_num_threads(threads)
     # the run's own inputs and preprocessing (normalisation, central square), as its workers evaluated
-    loader = make_loader(data, "val", max(1, cfg.batch_size // 10), train=False, ten_crop=True,
+    loader = make_loader(data, "val", ten_crop_batch(cfg.batch_size), train=False, ten_crop=True,
                          **loader_settings(dataclasses.replace(cfg, threads=threads), 0, 1, device))
     try:
         top1, top5, n = evaluate(model.to(device), loader, device, amp=cfg.amp, ten_crop=True,

@@ -159,6 +159,12 @@ def loader_settings(cfg, rank, world, device):
                 prefetch=cfg.prefetch)
 
 
+def ten_crop_batch(batch_size):
+    """Images per batch of the ten-patch evaluation: each image is ten patches, so a tenth of the training batch
+    keeps the patches per forward pass (and the memory) where training has them."""
+    return max(1, batch_size // 10)
+
+
 def make_optimizer(model, lr, momentum, wd, *, decay_biases, fused=False):
     """SGD with momentum. decay_biases=False decays the weights only, as cuda-convnet (the paper's code) did: its
     layers had a weight decay for weights and none for biases. fused=True: torch's fused kernel (the same update,

@@ -21,7 +21,15 @@ from cluster import checkpoints
 from cluster.build_model import build_model
 from cluster.chance import STUCK_AFTER_EPOCHS, ChanceLevel, stuck_message
 from cluster.grad_compression import register as register_compression
-from cluster.loop import LrSchedule, evaluate, loader_settings, make_optimizer, train_one_epoch, training_augmentation
+from cluster.loop import (
+    LrSchedule,
+    evaluate,
+    loader_settings,
+    make_optimizer,
+    ten_crop_batch,
+    train_one_epoch,
+    training_augmentation,
+)
 from cluster.progress import timed_lines
 from cluster.recipe import DEFAULT_WARMUP_EPOCHS
 from model import compile_for_speed
@@ -152,7 +160,7 @@ def train_loop_per_worker(loop_config):
                        replicas=world, global_batch_size=global_batch)
         if epoch + 1 == cfg.epochs:  # the paper's ten patches, once, carried by the last checkpointed report
             train_loader.close()  # it already built a next epoch that will not come: free it before another loader
-            ten_loader = make_loader(cfg.data, "val", max(1, cfg.batch_size // 10), train=False, ten_crop=True,
+            ten_loader = make_loader(cfg.data, "val", ten_crop_batch(cfg.batch_size), train=False, ten_crop=True,
                                      **loader_kw)
             progress = (lambda it: timed_lines(it, len(it), "final 10-crop evaluation", log)) if log else None
             metrics["val_top1_error_10crop"], metrics["val_top5_error_10crop"], _ = evaluate(

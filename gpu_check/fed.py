@@ -27,7 +27,7 @@ from benchmarks.profiling import top_rows
 from benchmarks.timing import sync
 from cluster.build_model import build_model
 from cluster.loop import LrSchedule, make_optimizer, train_one_epoch
-from cluster.recipe import PRESETS, preset_config
+from cluster.recipe import preset_config
 
 
 @dataclass
@@ -53,11 +53,11 @@ class FedReplica:
         dev = torch.device("cuda:0" if gpu else "cpu")
         loader = make_loader(ctx.data, "train", batch, device="cuda" if gpu else "cpu", device_id=0 if gpu else None,
                              crop=size.crop, channels_last=gpu, **loader_options)
-        paper = PRESETS["paper"]
-        model = build_model(preset_config("paper", num_classes=1000), lrn_impl=lrn_impl).place(dev, dev)
+        paper = preset_config("paper", num_classes=1000, batch_size=batch)  # the recipe one replica trains with
+        model = build_model(paper, lrn_impl=lrn_impl).place(dev, dev)
         model = model.to(memory_format=torch.channels_last)
-        lr = paper.base_lr * batch / 128
-        opt = make_optimizer(model, lr, momentum=0.9, wd=5e-4, decay_biases=paper.decay_biases, fused=fused_sgd)
+        _, lr = paper.recipe(1)  # the paper's rule for one replica of `batch`
+        opt = make_optimizer(model, lr, paper.momentum, paper.wd, decay_biases=paper.decay_biases, fused=fused_sgd)
         schedule = LrSchedule(base_lr=lr, warmup_epochs=0, warmup_steps=paper.warmup_steps,
                               steps_per_epoch=len(loader))
         return cls(loader, model, opt, schedule, lr, dev, gpu)

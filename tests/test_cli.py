@@ -145,3 +145,11 @@ def test_a_stop_signal_during_test_only_exits_as_shells_expect(tmp_path, monkeyp
     assert launch.main(["--test-only", "--name", "x", "--output-dir", str(tmp_path)]) == 128 + signum
     err = capsys.readouterr().err
     assert f"--test-only stopped by {signal.Signals(signum).name}" in err and "Traceback" not in err
+
+
+def test_test_only_on_a_damaged_config_json_says_which_file(tmp_path, capsys):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "config.json").write_text("{not json")
+    assert launch.main(["--test-only", "--name", "x", "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "config.json" in err and "Traceback" not in err
